@@ -1,0 +1,16 @@
+//! # imgb-frontend
+//!
+//! Turns a Dockerfile into a typed, validated build description:
+//!
+//! 1. [`parser`]: text → AST (directives, continuations, heredocs, JSON vs shell form, flags).
+//! 2. [`instructions`]: AST → typed instructions with validated flags.
+//! 3. [`shell`]: word expansion exactly as BuildKit's shell lexer does it.
+//! 4. [`ignore`]: `.dockerignore` matching with moby's pattern semantics.
+//!
+//! Invariants: no I/O beyond reading the files it is handed; bad input never panics and always
+//! becomes a [`Diagnostic`] that names the line.
+
+pub mod diagnostic;
+pub mod parser;
+
+pub use diagnostic::{Diagnostic, Position, Severity, Span};

@@ -1,0 +1,3 @@
+//! The `imgb` command line: a thin layer over the crates.
+
+fn main() {}
