@@ -9,19 +9,37 @@
 //! - [`root`]: where the state directory is when `--root` is not given.
 //! - [`store`]: the directory layout and the blob store (streaming, verified).
 //! - [`lock`]: cross-process `flock` locks; the image name table uses them.
+//! - [`layer`]: a directory plus deletions → a byte-identical tar, compressed ([`compress`])
+//!   and hashed (diffID and blob digest) in one streaming pass into the store.
+//! - [`apply`]: a layer tar (any compression) → a directory, never touching anything outside it.
+//!
+//! Internals: `tar_format` encodes headers, `tar_reader` parses untrusted archives, `confined`
+//! resolves paths inside a directory as if it were `/`.
 //!
 //! Invariants:
 //! - Every file is written to `tmp/`, fsynced and renamed into place: a reader never sees a
 //!   partial blob, and a record is written only after everything it names is durable.
 //! - Readers verify digests and sizes; corruption is an error naming the digest and the path.
+//! - Layer bytes depend only on the tree's content and metadata (and `SOURCE_DATE_EPOCH`),
+//!   never on the clock, the host's user names, walk order or thread count.
 
+pub mod apply;
+pub mod compress;
+mod confined;
 pub mod digest;
 mod images;
+pub mod layer;
 pub mod lock;
 pub mod root;
 pub mod store;
+mod tar_format;
+mod tar_reader;
 
+pub use apply::{ApplyError, ApplyLimits, ApplyOptions, ApplyStats, apply_layer};
+pub use compress::Compression;
+pub use confined::ResolveError;
 pub use digest::{Digest, DigestError};
+pub use layer::{Layer, LayerChanges, LayerError, LayerOptions, write_layer, write_tar};
 pub use lock::FileLock;
 pub use root::RootEnv;
 pub use store::{BlobInfo, BlobReader, BlobWriter, Store, StoreError};
