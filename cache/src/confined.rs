@@ -293,6 +293,9 @@ mod tests {
         assert_eq!(resolve(&root, "a/up"), Some(PathBuf::from("etc")));
         assert_eq!(resolve(&root, "a/chain"), Some(PathBuf::from("etc")));
         assert_eq!(resolve(&root, "../../.."), Some(PathBuf::new()));
+        symlink("upandout/../../../etc", base.join("lexical")).unwrap();
+        assert_eq!(resolve(&root, "lexical"), Some(PathBuf::from("etc")));
+        assert!(!base.join("upandout").exists());
         assert_eq!(resolve(&root, "a/missing"), None);
         let error = root
             .resolve_dir(&components("loop1"), Missing::Stop)

@@ -3,7 +3,8 @@
 //! Identical input gives byte-identical output, whatever the host, the clock or the walk order
 //! of the filesystem:
 //! - Entries come in path order: each directory's entry, then its opaque marker if any, then its
-//!   children sorted by archive name bytes (so parents always precede children).
+//!   children sorted by archive name bytes (so parents always precede children). The source
+//!   root itself has no entry; names are relative without a leading `./`.
 //! - Ownership is numeric only; mtimes are whole seconds, clamped to `SOURCE_DATE_EPOCH` when
 //!   given; atime/ctime are never recorded; whiteouts get the epoch (or 0) as mtime.
 //! - The second and later paths of one inode become hardlink entries to the first path.
