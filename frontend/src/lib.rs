@@ -11,6 +11,7 @@
 //! becomes a [`Diagnostic`] that names the line.
 
 pub mod diagnostic;
+pub mod ignore;
 pub mod parser;
 
 pub use diagnostic::{Diagnostic, Position, Severity, Span};
