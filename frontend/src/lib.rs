@@ -13,5 +13,6 @@
 pub mod diagnostic;
 pub mod ignore;
 pub mod parser;
+pub mod shell;
 
 pub use diagnostic::{Diagnostic, Position, Severity, Span};
