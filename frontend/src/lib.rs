@@ -12,6 +12,7 @@
 
 pub mod diagnostic;
 pub mod ignore;
+pub mod instructions;
 pub mod parser;
 pub mod shell;
 
