@@ -15,9 +15,15 @@ pub fn shared_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{} is missing and CI is set: the conformance data must be present", dir.display());
+        panic!(
+            "{} is missing and CI is set: the conformance data must be present",
+            dir.display()
+        );
     }
-    eprintln!("notice: {} is absent; skipping this test (set IMGB_SHARED_DIR to run it)", dir.display());
+    eprintln!(
+        "notice: {} is absent; skipping this test (set IMGB_SHARED_DIR to run it)",
+        dir.display()
+    );
     None
 }
 
