@@ -1,3 +1,16 @@
-//! The `imgb` command line: a thin layer over the crates.
+//! The `imgb` command line: a thin layer over the crates. The only place that uses `anyhow`.
 
-fn main() {}
+mod check;
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -20,8 +20,14 @@ impl Span {
     /// The span of whole lines `start..=end` (columns unknown: the excerpt marks no columns).
     pub fn lines(start: usize, end: usize) -> Self {
         Span {
-            start: Position { line: start, column: 0 },
-            end: Position { line: end, column: 0 },
+            start: Position {
+                line: start,
+                column: 0,
+            },
+            end: Position {
+                line: end,
+                column: 0,
+            },
         }
     }
 
@@ -29,7 +35,10 @@ impl Span {
     pub fn at(line: usize, column: usize, len: usize) -> Self {
         Span {
             start: Position { line, column },
-            end: Position { line, column: column + len.max(1) - 1 },
+            end: Position {
+                line,
+                column: column + len.max(1) - 1,
+            },
         }
     }
 }
@@ -82,7 +91,11 @@ impl Diagnostic {
     }
 
     pub fn warning(rule: &'static str, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, rule: Some(rule), ..Diagnostic::error(message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            rule: Some(rule),
+            ..Diagnostic::error(message)
+        }
     }
 
     #[must_use]
@@ -94,7 +107,11 @@ impl Diagnostic {
     /// Locates the diagnostic on whole lines, unless it already has a more precise span.
     #[must_use]
     pub fn at_lines_if_unset(self, start: usize, end: usize) -> Self {
-        if self.span.is_some() { self } else { self.at(Span::lines(start, end)) }
+        if self.span.is_some() {
+            self
+        } else {
+            self.at(Span::lines(start, end))
+        }
     }
 
     #[must_use]
@@ -147,13 +164,22 @@ impl fmt::Display for Diagnostic {
         let file = self.file.as_deref().unwrap_or("Dockerfile");
         if let Some(span) = self.span {
             if span.start.column > 0 {
-                write!(f, "\n  --> {file}:{}:{}", span.start.line, span.start.column)?;
+                write!(
+                    f,
+                    "\n  --> {file}:{}:{}",
+                    span.start.line, span.start.column
+                )?;
             } else {
                 write!(f, "\n  --> {file}:{}", span.start.line)?;
             }
         }
         if !self.excerpt.is_empty() {
-            let width = self.excerpt.iter().map(|l| l.number.to_string().len()).max().unwrap_or(1);
+            let width = self
+                .excerpt
+                .iter()
+                .map(|l| l.number.to_string().len())
+                .max()
+                .unwrap_or(1);
             write!(f, "\n{:width$} |", "")?;
             for line in &self.excerpt {
                 write!(f, "\n{:>width$} | {}", line.number, line.text)?;

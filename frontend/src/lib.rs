@@ -11,9 +11,13 @@
 //! becomes a [`Diagnostic`] that names the line.
 
 pub mod diagnostic;
+pub mod dispatch;
 pub mod ignore;
 pub mod instructions;
+pub mod lint;
 pub mod parser;
+pub mod plan;
+pub mod platform;
 pub mod shell;
 
 pub use diagnostic::{Diagnostic, Position, Severity, Span};

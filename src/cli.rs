@@ -1,0 +1,82 @@
+//! Argument parsing and dispatch. Users come from `docker buildx build`, so flags follow it.
+
+use crate::check::{self, CheckArgs};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgb",
+    version,
+    about = "A fast, daemonless container image builder"
+)]
+struct Cli {
+    /// The state directory (images, cache, snapshots).
+    #[arg(long, global = true, env = "IMGB_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a Dockerfile: parse, validate and run the lint checks, without building.
+    Check(CheckArgs),
+    /// Tools for looking inside imgb.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Print a Dockerfile's parse tree in BuildKit's dump format.
+    DumpAst {
+        /// The Dockerfile (`-` for standard input).
+        file: PathBuf,
+    },
+}
+
+pub fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check::run(&args),
+        Command::Debug(DebugCommand::DumpAst { file }) => dump_ast(&file),
+    }
+}
+
+/// Reads a Dockerfile (`-` = stdin) and names the file in the error when it cannot.
+pub(crate) fn read_dockerfile(path: &Path) -> Result<(String, String)> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the Dockerfile from stdin")?;
+        return Ok(("<stdin>".to_string(), text));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!(
+            "{}:{line}: the Dockerfile is not valid UTF-8",
+            path.display()
+        )
+    })?;
+    Ok((path.display().to_string(), text))
+}
+
+fn dump_ast(path: &Path) -> Result<ExitCode> {
+    let (name, source) = read_dockerfile(path)?;
+    match imgb_frontend::parser::parse(&source) {
+        Ok(ast) => {
+            print!("{}", ast.dump());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostic) => {
+            eprintln!("{}", diagnostic.with_source(&name, &source));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
