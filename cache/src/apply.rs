@@ -7,8 +7,11 @@
 //!   name is then handled with `*at` calls that never follow it; hardlink targets are resolved
 //!   the same way and linked without following. Entries that clean to the root itself only
 //!   update the root's metadata (directories) or are skipped.
-//! - OCI whiteouts: `.wh.NAME` removes NAME; `.wh..wh..opq` removes everything in its directory
-//!   that this layer has not itself written. A whiteout naming `.`, `..` or nothing is refused.
+//! - OCI whiteouts, in one of two [`Whiteouts`] modes. `Remove` (flattening): `.wh.NAME`
+//!   removes NAME; `.wh..wh..opq` removes everything in its directory that this layer has not
+//!   itself written. `Overlay` (a layer on its own, to be an overlayfs lower directory): they
+//!   become overlayfs whiteouts, a 0:0 character device named NAME and the `overlay.opaque`
+//!   xattr on the directory. Either way a whiteout naming `.`, `..` or nothing is refused.
 //! - An existing path is replaced unless both old and new are directories (then merged).
 //! - Limits on entry count, path length and decompressed/compressed ratio stop hostile input
 //!   with an error saying which limit to raise.
@@ -18,7 +21,9 @@
 //!   xattrs the filesystem or privileges refuse are skipped; both are counted in [`ApplyStats`].
 //!
 //! The compression (gzip, zstd or none) is detected from the stream's first bytes. After the
-//! end-of-archive marker the rest of the stream is read, so decompressor checksums are checked.
+//! end-of-archive marker the rest of the stream is read, so decompressor checksums are checked,
+//! and the whole decompressed stream is hashed: [`ApplyStats::diff_id`] lets the caller verify
+//! the layer against the image config's `rootfs.diff_ids`.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -34,7 +39,9 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid
 use rustix::io::Errno;
 
 use crate::confined::{ConfinedRoot, Missing, ResolveError, ResolvedDir, list_dir, remove_all_at};
+use crate::digest::{Digest, Hasher};
 use crate::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_host_xattr};
+use crate::oci::LayerCompression;
 use crate::tar_format::Kind;
 use crate::tar_reader::{EntryKind, TarEntry, TarError, TarReader};
 
@@ -70,6 +77,7 @@ pub struct ApplyOptions {
     pub limits: ApplyLimits,
     /// chown entries to their recorded uid/gid (needs root).
     pub preserve_ownership: bool,
+    pub whiteouts: Whiteouts,
 }
 
 impl Default for ApplyOptions {
@@ -77,6 +85,43 @@ impl Default for ApplyOptions {
         Self {
             limits: ApplyLimits::default(),
             preserve_ownership: rustix::process::geteuid().is_root(),
+            whiteouts: Whiteouts::Remove,
+        }
+    }
+}
+
+/// What OCI whiteout entries do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Remove what they name from the target: layers applied in order flatten into one tree.
+    Remove,
+    /// Record them the way overlayfs does, so the target can serve as a lower directory.
+    Overlay(OverlayXattrs),
+}
+
+/// The xattr namespace of overlayfs' opaque marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayXattrs {
+    /// `trusted.overlay.opaque`: the default, settable only with `CAP_SYS_ADMIN`.
+    Trusted,
+    /// `user.overlay.opaque`: for overlay mounts with the `userxattr` option (rootless).
+    User,
+}
+
+impl OverlayXattrs {
+    /// The namespace a process with this effective user can write.
+    pub fn for_current_user() -> Self {
+        if rustix::process::geteuid().is_root() {
+            Self::Trusted
+        } else {
+            Self::User
+        }
+    }
+
+    pub fn opaque_name(self) -> &'static str {
+        match self {
+            Self::Trusted => "trusted.overlay.opaque",
+            Self::User => "user.overlay.opaque",
         }
     }
 }
@@ -93,6 +138,9 @@ pub struct ApplyStats {
     pub skipped_devices: u64,
     /// xattrs refused by the filesystem or privileges, or host-specific ones never applied.
     pub skipped_xattrs: u64,
+    /// sha256 of the decompressed tar stream: the layer's diffID (set by every successful
+    /// [`apply_layer`]).
+    pub diff_id: Option<Digest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,11 +206,13 @@ pub fn apply_layer(
     let counted_input = Counted {
         inner: input,
         count: Rc::clone(&input_bytes),
+        hasher: None,
     };
-    let decompressed = decompress(counted_input).map_err(ApplyError::Read)?;
+    let (_, decompressed) = decompress(counted_input).map_err(ApplyError::Read)?;
     let mut tar = TarReader::new(Counted {
         inner: decompressed,
         count: Rc::clone(&tar_bytes),
+        hasher: Some(Hasher::default()),
     });
     let mut applier = Applier {
         root,
@@ -185,15 +235,19 @@ pub fn apply_layer(
         applier.discard_content(&mut tar)?;
         applier.meter.check()?;
     }
-    applier.drain(tar.into_inner())?;
+    let mut rest = tar.into_inner();
+    applier.drain(&mut rest)?;
     applier.finish_dirs()?;
     applier.stats.tar_bytes = applier.meter.tar_bytes.get();
     applier.stats.input_bytes = applier.meter.input_bytes.get();
+    applier.stats.diff_id = rest.hasher.map(Hasher::finish);
     Ok(applier.stats)
 }
 
-/// Picks the decompressor from the magic bytes.
-fn decompress<'a>(input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+/// Picks the decompressor from the magic bytes; also says which it picked.
+pub(crate) fn decompress<'a>(
+    input: impl Read + 'a,
+) -> io::Result<(LayerCompression, Box<dyn Read + 'a>)> {
     let mut input = BufReader::with_capacity(BUFFER, input);
     let mut magic = [0u8; 4];
     let mut filled = 0;
@@ -208,22 +262,32 @@ fn decompress<'a>(input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let head = &magic[..filled];
     let stream = Cursor::new(head.to_vec()).chain(input);
     Ok(match head {
-        [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(stream)?),
-        _ => Box::new(stream),
+        [0x1f, 0x8b, ..] => (
+            LayerCompression::Gzip,
+            Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
+        ),
+        [0x28, 0xb5, 0x2f, 0xfd] => (
+            LayerCompression::Zstd,
+            Box::new(zstd::stream::read::Decoder::with_buffer(stream)?),
+        ),
+        _ => (LayerCompression::None, Box::new(stream)),
     })
 }
 
-/// Counts bytes read through it into a shared cell.
+/// Counts (and optionally hashes) bytes read through it; the count goes into a shared cell.
 struct Counted<R> {
     inner: R,
     count: Rc<Cell<u64>>,
+    hasher: Option<Hasher>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.set(self.count.get() + n as u64);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(buf.get(..n).unwrap_or_default());
+        }
         Ok(n)
     }
 }
@@ -396,6 +460,11 @@ impl Applier<'_> {
         target: &[u8],
     ) -> Result<(), ApplyError> {
         if name == OPAQUE_MARKER {
+            if let Whiteouts::Overlay(xattrs) = self.options.whiteouts {
+                let dir = self.parent(entry, parents.to_vec())?.1;
+                return set_opaque_xattr(&dir, xattrs)
+                    .map_err(|source| entry_error(entry, "set the overlay opaque xattr", source));
+            }
             let Some(dir) = self.resolve_existing(entry, parents)? else {
                 return Ok(());
             };
@@ -410,10 +479,16 @@ impl Applier<'_> {
         if matches!(target, b"" | b"." | b"..") {
             return Err(invalid(entry, "whiteout names no file"));
         }
+        let target = OsStr::from_bytes(target);
+        if self.options.whiteouts != Whiteouts::Remove {
+            let dir = self.parent(entry, parents.to_vec())?.1;
+            return overlay_whiteout(dir.fd.as_fd(), target)
+                .map_err(|source| entry_error(entry, "create overlay whiteout", source));
+        }
         let Some(dir) = self.resolve_existing(entry, parents)? else {
             return Ok(());
         };
-        remove_all_at(dir.fd.as_fd(), OsStr::from_bytes(target))
+        remove_all_at(dir.fd.as_fd(), target)
             .map_err(|source| entry_error(entry, "apply whiteout", source))
     }
 
@@ -684,7 +759,7 @@ impl Applier<'_> {
     }
 
     /// Reads what follows the end-of-archive marker so decompressors verify their checksums.
-    fn drain(&mut self, mut rest: impl Read) -> Result<(), ApplyError> {
+    fn drain(&mut self, rest: &mut impl Read) -> Result<(), ApplyError> {
         loop {
             match rest.read(&mut self.buffer) {
                 Ok(0) => return Ok(()),
@@ -734,6 +809,44 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// Marks `dir` opaque for overlayfs. The descriptor's magic link is followed on purpose: it is
+/// the confined directory itself.
+fn set_opaque_xattr(dir: &ResolvedDir, xattrs: OverlayXattrs) -> io::Result<()> {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.fd.as_raw_fd()));
+    rustix::fs::setxattr(&path, xattrs.opaque_name(), b"y", XattrFlags::empty()).map_err(|errno| {
+        let error = io::Error::from(errno);
+        match (errno, xattrs) {
+            (Errno::PERM, OverlayXattrs::Trusted) => io::Error::new(
+                error.kind(),
+                format!("{error} (hint: trusted.* xattrs need root; rootless uses user.*)"),
+            ),
+            _ => error,
+        }
+    })
+}
+
+/// An overlayfs whiteout for `name`, unless this layer itself wrote `name` (its entry wins over
+/// the whiteout, which only hides lower layers).
+fn overlay_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => return Ok(()),
+        Err(Errno::NOENT) => {}
+        Err(errno) => return Err(errno.into()),
+    }
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0).map_err(|errno| {
+        let error = io::Error::from(errno);
+        match errno {
+            Errno::PERM => io::Error::new(
+                error.kind(),
+                format!(
+                    "{error} (hint: whiteout devices need CAP_MKNOD: root or a user namespace)"
+                ),
+            ),
+            _ => error,
+        }
+    })
 }
 
 fn set_mtime(dir: BorrowedFd<'_>, name: &OsStr, mtime: i64) -> rustix::io::Result<()> {

@@ -27,15 +27,22 @@ pub mod apply;
 pub mod compress;
 mod confined;
 pub mod digest;
+pub mod image;
 mod images;
+pub mod import;
 pub mod layer;
 pub mod lock;
+pub mod oci;
+pub mod reference;
 pub mod root;
+pub mod snapshot;
 pub mod store;
 mod tar_format;
 mod tar_reader;
 
-pub use apply::{ApplyError, ApplyLimits, ApplyOptions, ApplyStats, apply_layer};
+pub use apply::{
+    ApplyError, ApplyLimits, ApplyOptions, ApplyStats, OverlayXattrs, Whiteouts, apply_layer,
+};
 pub use compress::Compression;
 pub use confined::ResolveError;
 pub use digest::{Digest, DigestError};

@@ -221,6 +221,24 @@ impl Store {
         Ok(bytes)
     }
 
+    /// The digests of all stored blobs (files with other names are not blobs and are skipped).
+    pub fn list_blobs(&self) -> Result<Vec<Digest>, StoreError> {
+        let dir = self.root.join("blobs").join("sha256");
+        let mut digests = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(StoreError::io("list blobs", &dir))? {
+            let entry = entry.map_err(StoreError::io("list blobs", &dir))?;
+            let name = entry.file_name();
+            if let Some(digest) = name
+                .to_str()
+                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            {
+                digests.push(digest);
+            }
+        }
+        digests.sort();
+        Ok(digests)
+    }
+
     /// Checks a blob's size and digest without keeping its content; returns the size.
     pub fn verify_blob(
         &self,
@@ -364,6 +382,119 @@ impl Read for BlobReader {
     }
 }
 
+/// `PREFIX-PID-N`: unique among this process's temporary names; a leftover from an earlier
+/// process with the same pid is detected by the exclusive create that follows.
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A directory in `tmp/`, removed with its content on drop unless [`TmpDir::keep`] is called.
+#[derive(Debug)]
+pub(crate) struct TmpDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TmpDir {
+    /// Creates a new, empty directory (mode 0755) in `tmp_dir`.
+    pub(crate) fn create(tmp_dir: &Path, prefix: &str) -> Result<Self, StoreError> {
+        loop {
+            let path = tmp_dir.join(unique_name(prefix));
+            match fs::DirBuilder::new().mode(0o755).create(&path) {
+                Ok(()) => return Ok(Self { path, keep: false }),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => {
+                    return Err(StoreError::io("create temporary directory", path)(error));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Disarms the removal (the directory has been renamed into place).
+    pub(crate) fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            // Best effort: leftovers in tmp/ are harmless and collected later.
+            let _ = remove_tree(&self.path);
+        }
+    }
+}
+
+/// A file staged in `tmp/` and closed, so that many can wait for a decision without holding
+/// descriptors; removed on drop unless persisted.
+#[derive(Debug)]
+pub(crate) struct StagedFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl StagedFile {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// fsync, rename to `dest`, fsync `dest`'s directory.
+    pub(crate) fn persist(mut self, dest: &Path) -> Result<(), StoreError> {
+        File::open(&self.path)
+            .and_then(|file| file.sync_all())
+            .map_err(StoreError::io("fsync", &self.path))?;
+        fs::rename(&self.path, dest).map_err(StoreError::io("rename into place", dest))?;
+        self.persisted = true;
+        sync_parent(dest)
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            // Best effort, as for TmpFile.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|dir_file| dir_file.sync_all())
+        .map_err(StoreError::io("fsync directory", dir))
+}
+
+/// Removes a directory tree that may hold read-only directories (as unpacked layers do), never
+/// following symlinks. A missing `path` is not an error.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match path.symlink_metadata() {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in fs::read_dir(path)? {
+        remove_tree(&entry?.path())?;
+    }
+    fs::remove_dir(path)
+}
+
 /// A file being staged in `tmp/`; removed on drop unless persisted.
 #[derive(Debug)]
 pub(crate) struct TmpFile {
@@ -374,14 +505,8 @@ pub(crate) struct TmpFile {
 
 impl TmpFile {
     pub(crate) fn create(tmp_dir: &Path, prefix: &str) -> Result<Self, StoreError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         loop {
-            let unique = format!(
-                "{prefix}-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let path = tmp_dir.join(unique);
+            let path = tmp_dir.join(unique_name(prefix));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
                     return Ok(Self {
@@ -404,10 +529,16 @@ impl TmpFile {
             .map_err(StoreError::io("fsync", &self.path))?;
         fs::rename(&self.path, dest).map_err(StoreError::io("rename into place", dest))?;
         self.persisted = true;
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|dir_file| dir_file.sync_all())
-            .map_err(StoreError::io("fsync directory", dir))
+        sync_parent(dest)
+    }
+
+    /// Closes the file, keeping it staged.
+    pub(crate) fn close(mut self) -> StagedFile {
+        self.persisted = true;
+        StagedFile {
+            path: std::mem::take(&mut self.path),
+            persisted: false,
+        }
     }
 }
 
