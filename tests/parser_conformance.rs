@@ -72,3 +72,38 @@ fn every_buildkit_negative_testfile_is_rejected() {
         );
     }
 }
+
+/// Guards the contract of `support::shared_dir`: without `../shared`, a user's clone skips the
+/// conformance tests with a notice, and CI fails them.
+#[test]
+fn missing_shared_dir_skips_with_a_notice_locally_and_fails_under_ci() {
+    let run = |ci: bool| {
+        let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        command
+            .args([
+                "--exact",
+                "every_buildkit_testfile_dumps_to_its_result",
+                "--nocapture",
+            ])
+            .env("IMGB_SHARED_DIR", "/nonexistent/imgb-shared")
+            .env_remove("CI");
+        if ci {
+            command.env("CI", "true");
+        }
+        command.output().expect("test binary runs")
+    };
+    let local = run(false);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&local.stderr).contains("notice:"),
+        "no notice printed"
+    );
+    assert!(
+        !run(true).status.success(),
+        "a missing ../shared must fail under CI"
+    );
+}

@@ -19,5 +19,6 @@ pub mod parser;
 pub mod plan;
 pub mod platform;
 pub mod shell;
+mod suggest;
 
 pub use diagnostic::{Diagnostic, Position, Severity, Span};

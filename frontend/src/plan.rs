@@ -197,11 +197,18 @@ impl BuildPlan {
                         .iter()
                         .filter_map(|s| s.name().map(str::to_string))
                         .collect();
-                    let hint = if names.is_empty() {
-                        "the Dockerfile names no stages; name one with `FROM image AS name`"
-                            .to_string()
-                    } else {
-                        format!("the stages are: {}", names.join(", "))
+                    let stages = names.join(", ");
+                    let hint = match crate::suggest::closest(
+                        name,
+                        names.iter().map(String::as_str),
+                        false,
+                    ) {
+                        Some(near) => format!("did you mean \"{near}\"? The stages are: {stages}"),
+                        None if names.is_empty() => {
+                            "the Dockerfile names no stages; name one with `FROM image AS name`"
+                                .to_string()
+                        }
+                        None => format!("the stages are: {stages}"),
                     };
                     Diagnostic::error(format!("target stage \"{name}\" could not be found"))
                         .with_hint(hint)

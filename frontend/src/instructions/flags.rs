@@ -7,8 +7,9 @@
 //!
 //! Values are kept as written: expansion happens later, per instruction.
 
-use super::{Context, suggest};
+use super::Context;
 use crate::diagnostic::{Diagnostic, Span};
+use crate::suggest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FlagKind {

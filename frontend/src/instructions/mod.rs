@@ -22,7 +22,6 @@ mod healthcheck;
 mod image_settings;
 mod mount;
 mod run;
-mod suggest;
 mod variables;
 
 #[cfg(test)]
@@ -46,6 +45,7 @@ pub use variables::{ArgDefinition, ArgInstruction, EnvInstruction, KeyValue, Lab
 
 use crate::diagnostic::{Diagnostic, Span};
 use crate::parser::Node;
+use crate::suggest;
 
 /// Substitutes build-time variables into one word (BuildKit's `SingleWordExpander`): the stage
 /// planner passes the shell lexer with the environment in effect at the instruction.

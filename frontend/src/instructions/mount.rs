@@ -4,8 +4,9 @@
 //! - [`resolve`] at expansion: every option value is expanded, then the options are interpreted
 //!   and checked against the mount type.
 
-use super::{WordExpander, suggest};
+use super::WordExpander;
 use crate::diagnostic::Diagnostic;
+use crate::suggest;
 
 /// `type=` of a mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ const MAX_DISTANCE: usize = 2;
 
 /// The option closest to `value`, if one is close enough. Case-insensitive matching answers in the
 /// case the user wrote (`form` → `from`, `FORM` → `FROM`).
-pub(super) fn closest<'a>(
+pub(crate) fn closest<'a>(
     value: &str,
     options: impl IntoIterator<Item = &'a str>,
     case_sensitive: bool,
