@@ -82,3 +82,10 @@ fn malformed_build_arg_names_the_flag() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--build-arg \"=x\""), "{stderr}");
 }
+
+#[test]
+fn columns_count_the_indentation_of_the_instruction() {
+    let (_, stderr) = check("FROM scratch\n    COPY --chwon=1 a /a\n", &[], &[]);
+    assert!(stderr.contains("Dockerfile:2:10"), "{stderr}");
+    assert!(stderr.contains("  |          ^^^^^^^^^"), "{stderr}");
+}

@@ -6,7 +6,7 @@ use super::chmod::FileMode;
 use super::flags::{FlagSpec, Flags, bool_flag, list_flag, string_flag};
 use super::{Context, Origin, WordExpander, expand_word, expand_words};
 use crate::diagnostic::Diagnostic;
-use crate::parser::Heredoc;
+use crate::parser::{Heredoc, chomp_heredoc_content, parse_heredoc_word};
 
 /// A source given inline as a heredoc (`COPY <<EOF /dst`): a file named after the delimiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +197,7 @@ fn parse_transfer(
         return Err(no_destination(context, keyword));
     }
     let flags = Flags::parse(context, specs)?;
-    if heredoc_word(dest).is_some() {
+    if parse_heredoc_word(dest)?.is_some() {
         return Err(context
             .error_at_word(
                 dest,
@@ -214,7 +214,7 @@ fn parse_transfer(
     };
     let mut heredocs = context.node.heredocs.iter();
     for source in sources {
-        match heredoc_word(source) {
+        match parse_heredoc_word(source)? {
             Some(word) => files.inline_sources.push(inline_source(
                 &word,
                 heredocs.next(),
@@ -234,37 +234,9 @@ fn no_destination(context: &Context<'_>, keyword: &str) -> Diagnostic {
         .with_hint(format!("write {keyword} <source>... <destination>"))
 }
 
-/// A `[fd]<<[-]DELIM` word, as BuildKit recognises heredoc openers.
-struct HeredocWord {
-    /// The delimiter with quotes removed.
-    name: String,
-    quoted: bool,
-    chomp: bool,
-}
-
-fn heredoc_word(word: &str) -> Option<HeredocWord> {
-    let rest = word
-        .trim_start_matches(|c: char| c.is_ascii_digit())
-        .strip_prefix("<<")?;
-    let (chomp, delimiter) = match rest.strip_prefix('-') {
-        Some(delimiter) => (true, delimiter),
-        None => (false, rest),
-    };
-    let delimiter = delimiter.trim_start();
-    if delimiter.is_empty() || delimiter.contains('<') || delimiter.contains(char::is_whitespace) {
-        return None;
-    }
-    let quoted = delimiter.contains(['\'', '"']);
-    Some(HeredocWord {
-        name: delimiter.replace(['\'', '"'], ""),
-        quoted,
-        chomp,
-    })
-}
-
 /// The body for the `k`-th heredoc word: BuildKit looks bodies up by delimiter name (the last
 /// heredoc of that name wins), taking the name from the parser's `k`-th heredoc.
-fn inline_source(word: &HeredocWord, nth: Option<&Heredoc>, all: &[Heredoc]) -> InlineSource {
+fn inline_source(word: &Heredoc, nth: Option<&Heredoc>, all: &[Heredoc]) -> InlineSource {
     let name = nth.map_or_else(|| word.name.clone(), |doc| doc.name.clone());
     let body = all
         .iter()
@@ -272,9 +244,9 @@ fn inline_source(word: &HeredocWord, nth: Option<&Heredoc>, all: &[Heredoc]) -> 
         .find(|doc| doc.name == name)
         .map(|doc| doc.content.as_str())
         .unwrap_or_default();
-    let (expand, chomp) = nth.map_or((!word.quoted, word.chomp), |doc| (doc.expand, doc.chomp));
+    let (expand, chomp) = nth.map_or((word.expand, word.chomp), |doc| (doc.expand, doc.chomp));
     let data = if chomp {
-        strip_leading_tabs(body)
+        chomp_heredoc_content(body)
     } else {
         body.to_string()
     };
@@ -283,12 +255,6 @@ fn inline_source(word: &HeredocWord, nth: Option<&Heredoc>, all: &[Heredoc]) -> 
         data,
         expand,
     }
-}
-
-fn strip_leading_tabs(body: &str) -> String {
-    body.split_inclusive('\n')
-        .map(|line| line.trim_start_matches('\t'))
-        .collect()
 }
 
 impl AddInstruction {

@@ -339,7 +339,7 @@ impl<'a> Context<'a> {
     /// The keyword always opens the instruction's first line, continuation or not.
     fn span_of_keyword(&self) -> Span {
         let length = self.keyword_as_written().chars().count();
-        Span::at(self.node.start_line, 1, length)
+        Span::at(self.node.start_line, self.node.indent + 1, length)
     }
 
     /// The span of the `index`-th flag of the node (flags come in order right after the keyword),
@@ -367,7 +367,7 @@ impl<'a> Context<'a> {
         }
         let text = &self.node.original;
         let byte = from + text.get(from..)?.find(needle)?;
-        let column = text[..byte].chars().count() + 1;
+        let column = self.node.indent + text[..byte].chars().count() + 1;
         Some((
             byte,
             Span::at(self.node.start_line, column, needle.chars().count()),

@@ -56,6 +56,9 @@ pub struct Node {
     pub original: String,
     /// 1-based, inclusive: the physical lines this instruction (and its heredocs) spans.
     pub start_line: usize,
+    /// Characters of indentation before the keyword on the first line (columns in
+    /// `original` are off by this much from columns in the file).
+    pub indent: usize,
     pub end_line: usize,
     /// The comment lines right before the instruction, without their `#`.
     pub comments: Vec<String>,
@@ -72,19 +75,6 @@ impl Node {
         let text = self.original.trim_start();
         let end = text.find(char::is_whitespace).unwrap_or(text.len());
         &text[..end]
-    }
-
-    /// A span on the node's first line covering the first occurrence of `needle`, or the node's
-    /// lines when it cannot be found there (it may sit on a continuation line).
-    pub fn span_of(&self, needle: &str, source_line: Option<&str>) -> Span {
-        if let Some(line) = source_line
-            && !needle.is_empty()
-            && let Some(byte) = line.find(needle)
-        {
-            let column = line[..byte].chars().count() + 1;
-            return Span::at(self.start_line, column, needle.chars().count());
-        }
-        self.span()
     }
 }
 
@@ -190,6 +180,7 @@ impl Parser {
                 comments.push(text[1..].trim().to_string());
             }
             let text = self.process_line(&line, true)?;
+            let indent = trim_newline(line.raw).chars().count() - text.chars().count();
             let start_line = line.number;
             let (mut logical, mut complete) = trim_continuation(text, self.escape());
             if complete && logical.is_empty() {
@@ -254,6 +245,7 @@ impl Parser {
             }
             node.start_line = start_line;
             node.end_line = last_line;
+            node.indent = indent;
             if let Some(sub) = node.sub.as_deref_mut() {
                 sub.start_line = start_line;
                 sub.end_line = last_line;
