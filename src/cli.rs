@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch. Users come from `docker buildx build`, so flags follow it.
 
 use crate::check::{self, CheckArgs};
+use crate::commands::images::{self, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,16 @@ enum Command {
     /// Tools for looking inside imgb.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Load images from an OCI layout or docker-archive tar (docker/podman save, skopeo).
+    Load(LoadArgs),
+    /// Export an image: OCI layout, docker-archive, root filesystem directory or tar.
+    Save(SaveArgs),
+    /// List images: names, digests, sizes, creation times.
+    Images(ImagesArgs),
+    /// Show an image's manifest, config and history as JSON.
+    Inspect(InspectArgs),
+    /// Remove image names (the content goes at the next prune).
+    Rm(RmArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +55,11 @@ pub fn run() -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Debug(DebugCommand::DumpAst { file }) => dump_ast(&file),
+        Command::Load(args) => images::load(cli.root, &args),
+        Command::Save(args) => images::save(cli.root, &args),
+        Command::Images(args) => images::images(cli.root, &args),
+        Command::Inspect(args) => images::inspect(cli.root, &args),
+        Command::Rm(args) => images::rm(cli.root, &args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod check;
 mod cli;
+mod commands;
 
 use std::process::ExitCode;
 

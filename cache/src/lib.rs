@@ -12,6 +12,12 @@
 //! - [`layer`]: a directory plus deletions → a byte-identical tar, compressed ([`compress`])
 //!   and hashed (diffID and blob digest) in one streaming pass into the store.
 //! - [`apply`]: a layer tar (any compression) → a directory, never touching anything outside it.
+//! - [`snapshot`]: one unpacked tree per layer (overlayfs lower directories), made once.
+//! - [`oci`]: the image model (index, manifest, config) and canonical JSON.
+//! - [`reference`]: image names normalized as Docker does.
+//! - [`image`]: images in the store (manifest + config + layers, named).
+//! - [`import`]: OCI layout and docker-archive tars → the store, verified.
+//! - [`output`] and [`export`]: the `-o type=...` syntax and the exporters.
 //!
 //! Internals: `tar_format` encodes headers, `tar_reader` parses untrusted archives, `confined`
 //! resolves paths inside a directory as if it were `/`.
@@ -27,12 +33,14 @@ pub mod apply;
 pub mod compress;
 mod confined;
 pub mod digest;
+pub mod export;
 pub mod image;
 mod images;
 pub mod import;
 pub mod layer;
 pub mod lock;
 pub mod oci;
+pub mod output;
 pub mod reference;
 pub mod root;
 pub mod snapshot;
@@ -46,7 +54,13 @@ pub use apply::{
 pub use compress::Compression;
 pub use confined::ResolveError;
 pub use digest::{Digest, DigestError};
+pub use export::{ExportError, ExportReport, export};
+pub use image::{ImageError, ImageSummary, StoredImage};
+pub use import::{ImportError, LoadedImage, load_archive};
 pub use layer::{Layer, LayerChanges, LayerError, LayerOptions, write_layer, write_tar};
 pub use lock::FileLock;
+pub use output::{Destination, OutputKind, OutputSpec, OutputSpecError};
+pub use reference::{Reference, ReferenceError};
 pub use root::RootEnv;
+pub use snapshot::SnapshotError;
 pub use store::{BlobInfo, BlobReader, BlobWriter, Store, StoreError};

@@ -1,0 +1,3 @@
+//! Subcommands that work on the state directory, one module per group.
+
+pub mod images;
