@@ -11,4 +11,6 @@
 //! - A cache key depends only on what the step can observe; metadata-only changes elsewhere and
 //!   unused build args never change it.
 //!
-//! Not built yet: this crate is a placeholder for the builder issue.
+//! Built so far: the graph IR ([`graph`]).
+
+pub mod graph;

@@ -165,6 +165,23 @@ impl BuildPlan {
                 Ok(expansion.value)
             };
             instruction.expand(&mut expander)?;
+            // Heredoc sources keep their quotes, as BuildKit's raw expansion does.
+            let raw_lexer = Lexer::new('\\').skip_process_quotes(true);
+            let mut raw_expander = |word: &str| -> Result<String, Diagnostic> {
+                let expansion = raw_lexer
+                    .expand_word(word, &env[..])
+                    .map_err(|e| Diagnostic::error(e.to_string()))?;
+                Ok(expansion.value)
+            };
+            match &mut instruction {
+                Instruction::Copy(copy) => copy
+                    .files
+                    .expand_inline_sources(&copy.origin, &mut raw_expander)?,
+                Instruction::Add(add) => add
+                    .files
+                    .expand_inline_sources(&add.origin, &mut raw_expander)?,
+                _ => {}
+            }
             out.warnings.append(&mut warnings);
 
             let config = &mut state.config;

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod ignore;
 pub mod instructions;
 pub mod lint;
+pub mod lower;
 pub mod parser;
 pub mod plan;
 pub mod platform;

@@ -1,0 +1,487 @@
+//! Lowering: a planned and dispatched Dockerfile becomes a [`BuildGraph`], the builder's IR.
+//! This is where Dockerfile semantics turn into plain operations: a RUN becomes an exec over its
+//! stage's filesystem (shell prepended, heredocs turned into scripts), a COPY or ADD a file
+//! operation reading the context, another stage or an image, a WORKDIR a mkdir.
+//!
+//! Invariants: the graph holds no secret values (secrets are mounted by id); a stage's vertices
+//! only exist if the target needs the stage.
+
+use crate::diagnostic::Diagnostic;
+use crate::dispatch::{DispatchedStage, ImageConfig, StageStart, Step};
+use crate::instructions::{
+    CacheSharing as MountSharing, FileMode, Instruction, MountType, NetworkMode, TransferOptions,
+};
+use crate::parser::{chomp_heredoc_content, parse_heredoc_word};
+use crate::plan::{Base, BuildOptions, BuildPlan, Dockerfile};
+use crate::platform::Platform;
+use imgb_builder::graph::{
+    BuildGraph, CacheSharing, ExecMount, ExecOp, FileAction, HttpSource, Network, Op, Owner,
+    VertexId,
+};
+use std::collections::BTreeMap;
+
+/// The default shell of shell-form commands.
+const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+
+/// One lowered stage: the vertex holding its filesystem and what its image config says.
+#[derive(Debug, Clone)]
+pub struct LoweredStage {
+    pub index: usize,
+    pub root: VertexId,
+    pub platform: Platform,
+    /// The base image, when the stage (or the stage it is built on) starts from one.
+    pub base_image: Option<String>,
+    pub dispatched: DispatchedStage,
+}
+
+/// The whole build as a graph, with the target stage's result.
+#[derive(Debug)]
+pub struct Lowered {
+    pub graph: BuildGraph,
+    pub stages: BTreeMap<usize, LoweredStage>,
+    pub target: usize,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Lowered {
+    pub fn target_stage(&self) -> &LoweredStage {
+        &self.stages[&self.target]
+    }
+}
+
+/// Lowers the stages `plan` needs. `resolve_image` supplies the config of a base image (by
+/// reference and platform); the builder reads it from the store or a registry.
+pub fn lower(
+    dockerfile: &Dockerfile,
+    plan: &BuildPlan,
+    options: &BuildOptions,
+    resolve_image: &mut dyn FnMut(&str, &Platform) -> Result<ImageConfig, Diagnostic>,
+) -> Result<Lowered, Diagnostic> {
+    let mut graph = BuildGraph::new();
+    let mut stages: BTreeMap<usize, LoweredStage> = BTreeMap::new();
+    let mut warnings = plan.warnings.clone();
+    let context = graph.add(Op::Context, vec![], "load build context");
+    for &index in &plan.needed {
+        let planned = &plan.stages[index];
+        let (mut root, start, base_image) = match &planned.base {
+            Base::Scratch => (
+                graph.add(Op::Scratch, vec![], "scratch"),
+                StageStart::default(),
+                None,
+            ),
+            Base::Stage(base) => {
+                let base_stage = &stages[base];
+                (
+                    base_stage.root,
+                    base_stage.dispatched.end.clone(),
+                    base_stage.base_image.clone(),
+                )
+            }
+            Base::Image(reference) => {
+                let config = resolve_image(reference, &planned.platform).map_err(|error| {
+                    error.at_lines_if_unset(
+                        dockerfile.stages[index].from.origin.start_line,
+                        dockerfile.stages[index].from.origin.start_line,
+                    )
+                })?;
+                let op = Op::Image {
+                    reference: reference.clone(),
+                    platform: planned.platform.to_string(),
+                };
+                (
+                    graph.add(
+                        op,
+                        vec![],
+                        format!("[internal] load metadata for {reference}"),
+                    ),
+                    StageStart::from_image(config),
+                    Some(reference.clone()),
+                )
+            }
+        };
+        let dispatched = plan.dispatch(dockerfile, index, start, options)?;
+        warnings.extend(dispatched.warnings.iter().cloned());
+        let label = dockerfile.stages[index].display_name();
+        let total = dispatched.steps.len();
+        for (position, step) in dispatched.steps.iter().enumerate() {
+            let name = format!(
+                "[{label} {}/{total}] {}",
+                position + 1,
+                step.instruction.origin().code
+            );
+            let sources = StageSources {
+                graph: &mut graph,
+                stages: &stages,
+                dockerfile,
+                context,
+                platform: &planned.platform,
+            };
+            let (op, extra_inputs) = lower_step(step, sources)?;
+            let mut inputs = vec![root];
+            inputs.extend(extra_inputs);
+            root = graph.add(op, inputs, name);
+        }
+        stages.insert(
+            index,
+            LoweredStage {
+                index,
+                root,
+                platform: planned.platform.clone(),
+                base_image,
+                dispatched,
+            },
+        );
+    }
+    Ok(Lowered {
+        graph,
+        stages,
+        target: plan.target,
+        warnings,
+    })
+}
+
+/// What a step may read besides its own stage: the context, other stages, images.
+struct StageSources<'a> {
+    graph: &'a mut BuildGraph,
+    stages: &'a BTreeMap<usize, LoweredStage>,
+    dockerfile: &'a Dockerfile,
+    context: VertexId,
+    platform: &'a Platform,
+}
+
+impl StageSources<'_> {
+    /// The vertex `--from=name|index|image` reads; the context for an empty name.
+    fn resolve(&mut self, from: &str) -> VertexId {
+        if from.is_empty() {
+            return self.context;
+        }
+        let stage = from
+            .parse::<usize>()
+            .ok()
+            .filter(|index| *index < self.dockerfile.stages.len())
+            .or_else(|| self.dockerfile.stage_by_name(from).map(|stage| stage.index));
+        if let Some(lowered) = stage.and_then(|index| self.stages.get(&index)) {
+            return lowered.root;
+        }
+        let op = Op::Image {
+            reference: from.to_string(),
+            platform: self.platform.to_string(),
+        };
+        self.graph
+            .add(op, vec![], format!("[internal] load metadata for {from}"))
+    }
+}
+
+/// The op of one step and the inputs it reads besides its stage's filesystem (input 0).
+fn lower_step(
+    step: &Step,
+    mut sources: StageSources<'_>,
+) -> Result<(Op, Vec<VertexId>), Diagnostic> {
+    match &step.instruction {
+        Instruction::Run(run) => {
+            let mut inputs = Vec::new();
+            let mut mounts = Vec::new();
+            for mount in run.resolved_mounts() {
+                let mode = |default: u32| mount.mode.unwrap_or(default);
+                mounts.push(match mount.kind {
+                    MountType::Bind => {
+                        inputs.push(sources.resolve(&mount.from));
+                        ExecMount::Bind {
+                            target: mount.target.clone(),
+                            input: inputs.len(),
+                            source: mount.source.clone(),
+                            readonly: mount.read_only,
+                        }
+                    }
+                    MountType::Cache => ExecMount::Cache {
+                        target: mount.target.clone(),
+                        id: if mount.cache_id.is_empty() {
+                            mount.target.clone()
+                        } else {
+                            mount.cache_id.clone()
+                        },
+                        sharing: match mount.sharing {
+                            Some(MountSharing::Private) => CacheSharing::Private,
+                            Some(MountSharing::Locked) => CacheSharing::Locked,
+                            _ => CacheSharing::Shared,
+                        },
+                        readonly: mount.read_only,
+                        mode: mode(0o755),
+                        uid: mount.uid.unwrap_or(0),
+                        gid: mount.gid.unwrap_or(0),
+                    },
+                    MountType::Tmpfs => ExecMount::Tmpfs {
+                        target: mount.target.clone(),
+                        size: (mount.size_limit > 0).then_some(mount.size_limit),
+                    },
+                    MountType::Secret => ExecMount::Secret {
+                        target: mount.target.clone(),
+                        id: mount.cache_id.clone(),
+                        required: mount.required,
+                        mode: mode(0o400),
+                        uid: mount.uid.unwrap_or(0),
+                        gid: mount.gid.unwrap_or(0),
+                        env: mount.env.clone(),
+                    },
+                    MountType::Ssh => ExecMount::Ssh {
+                        target: mount.target.clone(),
+                        id: if mount.cache_id.is_empty() {
+                            "default".to_string()
+                        } else {
+                            mount.cache_id.clone()
+                        },
+                        required: mount.required,
+                        mode: mode(0o600),
+                        uid: mount.uid.unwrap_or(0),
+                        gid: mount.gid.unwrap_or(0),
+                    },
+                });
+            }
+            let (argv, inline_files) = run_argv(
+                step,
+                &run.command.args,
+                run.command.prepends_shell(),
+                &run.command.files,
+            )?;
+            let op = ExecOp {
+                argv,
+                env: step
+                    .env
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect(),
+                cwd: if step.working_dir.is_empty() {
+                    "/".to_string()
+                } else {
+                    step.working_dir.clone()
+                },
+                user: step.user.clone(),
+                network: match run.network {
+                    NetworkMode::Default => Network::Default,
+                    NetworkMode::None => Network::None,
+                    NetworkMode::Host => Network::Host,
+                },
+                mounts,
+                inline_files,
+            };
+            Ok((Op::Exec(op), inputs))
+        }
+        Instruction::Copy(copy) => {
+            let input = sources.resolve(copy.from.as_deref().unwrap_or_default());
+            let mut actions = inline_writes(
+                &copy.files.inline_sources,
+                &copy.files.dest,
+                step,
+                &copy.options,
+            );
+            if !copy.files.sources.is_empty() {
+                actions.push(FileAction::Copy {
+                    input: 1,
+                    sources: copy.files.sources.clone(),
+                    dest: destination(&copy.files.dest, &step.working_dir),
+                    owner: owner(&copy.options),
+                    mode: mode(&copy.options),
+                    link: copy.options.link,
+                    parents: copy.parents,
+                    exclude: copy.options.exclude.clone(),
+                    unpack_archives: false,
+                });
+            }
+            Ok((Op::File { actions }, vec![input]))
+        }
+        Instruction::Add(add) => {
+            let mut inputs = vec![sources.context];
+            let mut actions = inline_writes(
+                &add.files.inline_sources,
+                &add.files.dest,
+                step,
+                &add.options,
+            );
+            let dest = destination(&add.files.dest, &step.working_dir);
+            let (urls, local): (Vec<&String>, Vec<&String>) =
+                add.files.sources.iter().partition(|source| {
+                    source.starts_with("http://") || source.starts_with("https://")
+                });
+            for url in urls {
+                let filename = url
+                    .rsplit('/')
+                    .find(|part| !part.is_empty())
+                    .unwrap_or("download")
+                    .to_string();
+                let http = HttpSource {
+                    url: url.clone(),
+                    checksum: add.checksum.clone(),
+                    filename: filename.clone(),
+                };
+                inputs.push(
+                    sources
+                        .graph
+                        .add(Op::Http(http), vec![], format!("https {url}")),
+                );
+                actions.push(FileAction::Copy {
+                    input: inputs.len(),
+                    sources: vec![filename],
+                    dest: dest.clone(),
+                    owner: owner(&add.options),
+                    mode: mode(&add.options),
+                    link: add.options.link,
+                    parents: false,
+                    exclude: Vec::new(),
+                    unpack_archives: add.unpack.unwrap_or(false),
+                });
+            }
+            if !local.is_empty() {
+                actions.push(FileAction::Copy {
+                    input: 1,
+                    sources: local.into_iter().cloned().collect(),
+                    dest,
+                    owner: owner(&add.options),
+                    mode: mode(&add.options),
+                    link: add.options.link,
+                    parents: false,
+                    exclude: add.options.exclude.clone(),
+                    unpack_archives: add.unpack.unwrap_or(true),
+                });
+            }
+            Ok((Op::File { actions }, inputs))
+        }
+        Instruction::Workdir(_) => Ok((
+            Op::File {
+                actions: vec![FileAction::Mkdir {
+                    path: step.working_dir.clone(),
+                    mode: 0o755,
+                    owner: (!step.user.is_empty()).then(|| owner_of(&step.user)),
+                }],
+            },
+            Vec::new(),
+        )),
+        other => Err(
+            Diagnostic::error(format!("{} makes no filesystem change", other.keyword()))
+                .at(other.span()),
+        ),
+    }
+}
+
+/// A RUN's argv and the script files it needs (path, contents).
+type RunCommand = (Vec<String>, Vec<(String, String)>);
+
+/// The argv of a RUN, as BuildKit builds it: exec form as is; shell form through the stage's
+/// SHELL; a lone heredoc runs its body (a `#!` body as a script file); other heredocs are
+/// handed back to the shell inline.
+fn run_argv(
+    step: &Step,
+    args: &[String],
+    shell_form: bool,
+    files: &[crate::instructions::InlineFile],
+) -> Result<RunCommand, Diagnostic> {
+    let mut inline_files = Vec::new();
+    let mut args = args.to_vec();
+    if let Some(first) = files.first() {
+        let [command] = args.as_slice() else {
+            return Err(Diagnostic::error("parsing produced an invalid run command")
+                .at(step.instruction.span()));
+        };
+        let body = |file: &crate::instructions::InlineFile| {
+            if file.chomp {
+                chomp_heredoc_content(&file.data)
+            } else {
+                file.data.clone()
+            }
+        };
+        if parse_heredoc_word(command)?.is_some() {
+            if first.data.starts_with("#!") {
+                let path = format!("/dev/pipes/{}", first.name);
+                inline_files.push((path.clone(), body(first)));
+                args = vec![path];
+            } else {
+                args = vec![body(first)];
+            }
+        } else {
+            let mut full = command.clone();
+            for file in files {
+                full.push('\n');
+                full.push_str(&body(file));
+                full.push_str(&file.name);
+            }
+            args = vec![full];
+        }
+    }
+    if shell_form {
+        let mut argv: Vec<String> = if step.shell.is_empty() {
+            DEFAULT_SHELL.iter().map(|part| part.to_string()).collect()
+        } else {
+            step.shell.clone()
+        };
+        argv.extend(args);
+        return Ok((argv, inline_files));
+    }
+    Ok((args, inline_files))
+}
+
+/// Heredoc sources of COPY/ADD: files written at the destination.
+fn inline_writes(
+    inline: &[crate::instructions::InlineSource],
+    dest: &str,
+    step: &Step,
+    options: &TransferOptions,
+) -> Vec<FileAction> {
+    let dest = destination(dest, &step.working_dir);
+    let mode = match options.mode {
+        Some(FileMode::Octal(bits)) => bits,
+        _ => 0o644,
+    };
+    inline
+        .iter()
+        .map(|source| {
+            let path = if dest.ends_with('/') {
+                format!("{dest}{}", source.path)
+            } else {
+                dest.clone()
+            };
+            FileAction::Write {
+                path,
+                data: source.data.clone(),
+                mode,
+                owner: owner(options),
+            }
+        })
+        .collect()
+}
+
+/// A destination relative to the working directory, its trailing slash kept (it means "into
+/// this directory").
+fn destination(dest: &str, working_dir: &str) -> String {
+    let directory = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
+    let mut resolved = crate::dispatch::resolve_workdir(working_dir, dest);
+    if directory && !resolved.ends_with('/') {
+        resolved.push('/');
+    }
+    resolved
+}
+
+fn owner(options: &TransferOptions) -> Option<Owner> {
+    options.chown.as_deref().map(owner_of)
+}
+
+fn owner_of(text: &str) -> Owner {
+    match text.split_once(':') {
+        Some((user, group)) => Owner {
+            user: user.to_string(),
+            group: Some(group.to_string()),
+        },
+        None => Owner {
+            user: text.to_string(),
+            group: None,
+        },
+    }
+}
+
+fn mode(options: &TransferOptions) -> Option<String> {
+    options.mode.as_ref().map(|mode| match mode {
+        FileMode::Octal(bits) => format!("{bits:o}"),
+        FileMode::Symbolic(text) => text.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
