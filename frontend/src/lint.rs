@@ -399,57 +399,9 @@ fn invalid_default_base_names(dockerfile: &Dockerfile, options: &BuildOptions) -
     warnings
 }
 
-/// The grammar of image references (`[domain[:port]/]path[:tag][@digest]`), as Docker's
-/// reference package accepts them, or `scratch`.
+/// Whether `reference` is an image reference Docker would accept (`[domain/]path[:tag][@digest]`).
 pub fn is_valid_reference(reference: &str) -> bool {
-    let (rest, digest) = match reference.split_once('@') {
-        Some((rest, digest)) => (rest, Some(digest)),
-        None => (reference, None),
-    };
-    if let Some(digest) = digest {
-        let Some((algorithm, hex)) = digest.split_once(':') else {
-            return false;
-        };
-        if algorithm.is_empty() || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return false;
-        }
-    }
-    let last_slash = rest.rfind('/').map_or(0, |at| at + 1);
-    let (path, tag) = match rest[last_slash..].rfind(':') {
-        Some(at) => (&rest[..last_slash + at], Some(&rest[last_slash + at + 1..])),
-        None => (rest, None),
-    };
-    if let Some(tag) = tag {
-        let valid_tag = tag.len() <= 128
-            && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid_tag {
-            return false;
-        }
-    }
-    let mut components: Vec<&str> = path.split('/').collect();
-    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost")
-    {
-        let domain = components.remove(0);
-        if domain.is_empty()
-            || !domain
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        {
-            return false;
-        }
-    }
-    !components.is_empty()
-        && components.iter().all(|component| {
-            !component.is_empty()
-                && component.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && component.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && component
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        })
+    imgb_cache::reference::Reference::parse(reference).is_ok()
 }
 
 fn consistent_casing(dockerfile: &Dockerfile, warnings: &mut Vec<Diagnostic>) {

@@ -218,7 +218,7 @@ fn image_reference_grammar() {
         "library/busybox",
         "localhost:5000/a/b:tag",
         "Example.COM/x",
-        "a@sha256:0123456789abcdef0123456789abcdef",
+        "a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     ] {
         assert!(is_valid_reference(valid), "{valid} should be valid");
     }
