@@ -710,7 +710,19 @@ fn podman_loads_and_runs_the_docker_archive() {
         "{{.Repository}}:{{.Tag}}",
     ])));
     assert!(images.lines().any(|l| l == IMAGE), "{images}");
-    // podman leaves its storage mounted only while running; removing it ends its state.
+
+    // And back: what `podman save` writes in both formats loads into imgb, verified.
+    let fresh = dir.path().join("fresh-root");
+    for format in ["docker-archive", "oci-archive"] {
+        let saved = dir.path().join(format!("podman.{format}.tar"));
+        run(podman_command()
+            .args(["save", "-q", "--format", format, "-o"])
+            .arg(&saved)
+            .arg(IMAGE));
+        let loaded = stdout(&imgb(&fresh, &["load", "-i", saved.to_str().unwrap()]));
+        assert!(loaded.contains(IMAGE), "{format}: {loaded}");
+    }
+    // Storage lives in the temporary directory; reset unmounts whatever podman left.
     let _ = podman_command().args(["system", "reset", "-f"]).output();
 }
 

@@ -11,6 +11,8 @@
 //! - A cache key depends only on what the step can observe; metadata-only changes elsewhere and
 //!   unused build args never change it.
 //!
-//! Built so far: the graph IR ([`graph`]).
+//! Built so far: the graph IR ([`graph`]) and a user-space merged view of layer snapshots
+//! ([`layered`]).
 
 pub mod graph;
+pub mod layered;
