@@ -15,4 +15,5 @@
 //! ([`layered`]).
 
 pub mod graph;
+pub mod ignore;
 pub mod layered;

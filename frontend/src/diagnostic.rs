@@ -1,5 +1,6 @@
 //! Diagnostics users can act on: what is wrong, where (file, line, column, excerpt), and a hint.
 
+use imgb_builder::ignore::{IgnoreError, PatternLocation};
 use std::fmt;
 
 /// A 1-based position in the Dockerfile. `column` counts characters, not bytes.
@@ -202,9 +203,25 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
+/// An invalid `.dockerignore` line, as a diagnostic on that line.
+impl From<IgnoreError> for Diagnostic {
+    fn from(error: IgnoreError) -> Self {
+        let diagnostic = Diagnostic::error(format!(
+            "invalid ignore pattern `{}`: {}",
+            error.pattern, error.problem
+        ))
+        .with_hint(error.problem.hint());
+        match error.location {
+            PatternLocation::Line(line) => diagnostic.at(Span::lines(line, line)),
+            PatternLocation::ListItem(_) => diagnostic,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imgb_builder::ignore::IgnoreRules;
 
     #[test]
     fn renders_file_line_excerpt_and_hint() {
@@ -216,6 +233,19 @@ mod tests {
         assert_eq!(
             diagnostic.to_string(),
             "error: unknown instruction: FORM\n  --> Dockerfile:2:1\n  |\n2 | FORM x\n  | ^^^^\n  = hint: did you mean FROM?"
+        );
+    }
+
+    #[test]
+    fn errors_become_located_diagnostics_with_hints() {
+        let text = "# header\nnode_modules\nsrc/[a\n";
+        let error = IgnoreRules::parse(text).expect_err("unclosed class");
+        assert_eq!(error.location, PatternLocation::Line(3));
+        let diagnostic = Diagnostic::from(error).with_source(".dockerignore", text);
+        assert_eq!(
+            diagnostic.to_string(),
+            "error: invalid ignore pattern `src/[a`: a `[` character class is never closed\n  --> \
+             .dockerignore:3\n  |\n3 | src/[a\n  = hint: write `\\[` to match a literal `[`"
         );
     }
 }

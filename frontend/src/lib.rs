@@ -12,7 +12,6 @@
 
 pub mod diagnostic;
 pub mod dispatch;
-pub mod ignore;
 pub mod instructions;
 pub mod lint;
 pub mod lower;
@@ -23,3 +22,5 @@ pub mod shell;
 mod suggest;
 
 pub use diagnostic::{Diagnostic, Position, Severity, Span};
+/// `.dockerignore` matching lives in the builder, which applies it to contexts and `--exclude`.
+pub use imgb_builder::ignore;

@@ -28,8 +28,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::diagnostic::{Diagnostic, Span};
-
 /// The context-wide ignore file, and the suffix of a Dockerfile-specific one.
 const IGNORE_FILE_NAME: &str = ".dockerignore";
 
@@ -120,20 +118,6 @@ impl PatternProblem {
                  backslash or escape only punctuation"
             }
             PatternProblem::UnicodeClass(_) => "list the characters in a `[...]` class instead",
-        }
-    }
-}
-
-impl From<IgnoreError> for Diagnostic {
-    fn from(error: IgnoreError) -> Self {
-        let diagnostic = Diagnostic::error(format!(
-            "invalid ignore pattern `{}`: {}",
-            error.pattern, error.problem
-        ))
-        .with_hint(error.problem.hint());
-        match error.location {
-            PatternLocation::Line(line) => diagnostic.at(Span::lines(line, line)),
-            PatternLocation::ListItem(_) => diagnostic,
         }
     }
 }
@@ -1646,19 +1630,6 @@ mod tests {
     }
 
     // --- errors -------------------------------------------------------------------------------
-
-    #[test]
-    fn errors_become_located_diagnostics_with_hints() {
-        let text = "# header\nnode_modules\nsrc/[a\n";
-        let error = IgnoreRules::parse(text).expect_err("unclosed class");
-        assert_eq!(error.location, PatternLocation::Line(3));
-        let diagnostic = Diagnostic::from(error).with_source(".dockerignore", text);
-        assert_eq!(
-            diagnostic.to_string(),
-            "error: invalid ignore pattern `src/[a`: a `[` character class is never closed\n  --> \
-             .dockerignore:3\n  |\n3 | src/[a\n  = hint: write `\\[` to match a literal `[`"
-        );
-    }
 
     #[test]
     fn list_errors_name_the_position() {
