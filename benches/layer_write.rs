@@ -201,7 +201,7 @@ fn main() {
         "wall s",
         "MiB/s",
         "MiB/cpu-s",
-        "ratio"
+        "out/in"
     );
     for m in &results {
         let _ = writeln!(

@@ -515,7 +515,8 @@ impl LayoutWriter for DirLayout {
         })
     }
 
-    /// Keeps entries of other images; replaces those with one of our names or none at all.
+    /// Keeps entries of other images; replaces those with one of our names (or, for an
+    /// unnamed export, the other unnamed ones).
     fn index(&mut self, entries: Vec<Descriptor>) -> Result<(), ExportError> {
         let path = self.root.join("index.json");
         let mut index = match fs::read(&path) {
@@ -525,11 +526,15 @@ impl LayoutWriter for DirLayout {
             Err(error) if error.kind() == io::ErrorKind::NotFound => ImageIndex::new(Vec::new()),
             Err(error) => return Err(io_error("read", &path)(error)),
         };
-        let ref_name = |d: &Descriptor| d.annotations.get(annotation::REF_NAME).cloned();
-        let replaced: HashSet<Option<String>> = entries.iter().map(ref_name).collect();
-        index
-            .manifests
-            .retain(|old| !replaced.contains(&ref_name(old)));
+        // Two repositories may share a tag, so the full name identifies an entry first.
+        let name = |d: &Descriptor| {
+            d.annotations
+                .get(annotation::IMAGE_NAME)
+                .or_else(|| d.annotations.get(annotation::REF_NAME))
+                .cloned()
+        };
+        let replaced: HashSet<Option<String>> = entries.iter().map(name).collect();
+        index.manifests.retain(|old| !replaced.contains(&name(old)));
         index.manifests.extend(entries);
         let bytes = canonical_json(&index).map_err(|source| ExportError::Encode {
             kind: "index.json",

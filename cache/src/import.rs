@@ -244,10 +244,12 @@ impl Archive {
                         target = [parent.as_bytes(), b"/", &target].concat();
                     }
                     let target = member_path(&target)?;
+                    archive.files.remove(&path);
                     archive.aliases.insert(path, target);
                 }
                 Some(EntryKind::Known(Kind::HardLink)) => {
                     let target = member_path(&entry.link)?;
+                    archive.files.remove(&path);
                     archive.aliases.insert(path, target);
                 }
                 // Directories and anything else carry nothing an image needs.

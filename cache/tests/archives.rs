@@ -343,7 +343,7 @@ fn oci_directory_output_keeps_other_images_in_its_index() {
     let source = store(dir.path(), "source");
     let image = built_image(dir.path(), &source);
     let layout = dir.path().join("layout");
-    for name in ["a:1", "b:2", "a:1"] {
+    for name in ["a:1", "b:1", "a:1"] {
         let spec = OutputSpec::parse(&format!(
             "type=oci,tar=false,name={name},dest={}",
             layout.display()
@@ -358,7 +358,7 @@ fn oci_directory_output_keeps_other_images_in_its_index() {
         .iter()
         .map(|d| d.annotations["io.containerd.image.name"].as_str())
         .collect();
-    assert_eq!(names, ["docker.io/library/b:2", "docker.io/library/a:1"]);
+    assert_eq!(names, ["docker.io/library/b:1", "docker.io/library/a:1"]);
 }
 
 #[test]
