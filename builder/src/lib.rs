@@ -17,3 +17,4 @@
 pub mod graph;
 pub mod ignore;
 pub mod layered;
+pub mod solve;

@@ -1,0 +1,218 @@
+use std::sync::Arc;
+
+use imgb_cache::oci::media_type;
+
+use super::*;
+use crate::graph::{BuildGraph, VertexId};
+use crate::solve::result::{Filesystem, ImageOrigin, LayerRef};
+use crate::solve::test_support::{copy, exec, layer};
+
+fn input(layers: Vec<LayerRef>) -> SolvedInput {
+    SolvedInput {
+        vertex: VertexId::new(0),
+        result: Arc::new(Solved::Filesystem(Filesystem {
+            layers,
+            image: None,
+        })),
+    }
+}
+
+fn context_input() -> SolvedInput {
+    SolvedInput {
+        vertex: VertexId::new(1),
+        result: Arc::new(Solved::Context),
+    }
+}
+
+fn explain(op: &Op, inputs: &[SolvedInput], context_files: Option<&Digest>) -> KeyExplanation {
+    explain_with(op, inputs, context_files, &BTreeMap::new())
+}
+
+fn explain_with(
+    op: &Op,
+    inputs: &[SolvedInput],
+    context_files: Option<&Digest>,
+    settings: &BTreeMap<String, String>,
+) -> KeyExplanation {
+    let mut graph = BuildGraph::new();
+    let id = graph.add(op.clone(), Vec::new(), "step");
+    KeyExplanation::derive(KeySources {
+        definition: &graph.definition_digest(id),
+        op,
+        inputs,
+        context_files,
+        settings,
+    })
+}
+
+fn key(op: &Op, inputs: &[SolvedInput]) -> CacheKey {
+    explain(op, inputs, None).key()
+}
+
+#[test]
+fn key_is_stable_across_runs_and_machines() {
+    // A different value here means every existing record is silently retired: change the op's
+    // serialization or the key layout only together with KEY_VERSION, then update this value.
+    let key = key(&exec("make", &["PATH=/bin"]), &[input(vec![layer("base")])]);
+    assert_eq!(
+        key.to_string(),
+        "sha256:0aad6a06124757dded47600444145ae9ec35a20ca4f5ca1ef80d8c85fd808a75"
+    );
+}
+
+#[test]
+fn key_changes_when_the_op_changes() {
+    let inputs = [input(vec![layer("base")])];
+    let base = key(&exec("make", &["PATH=/bin"]), &inputs);
+    assert_ne!(base, key(&exec("make all", &["PATH=/bin"]), &inputs));
+    assert_ne!(base, key(&exec("make", &["PATH=/usr/bin"]), &inputs));
+}
+
+#[test]
+fn key_changes_when_an_input_layer_changes() {
+    let op = exec("make", &[]);
+    let base = key(&op, &[input(vec![layer("base")])]);
+    assert_ne!(base, key(&op, &[input(vec![layer("other")])]));
+    assert_ne!(base, key(&op, &[input(vec![layer("base"), layer("more")])]));
+}
+
+#[test]
+fn key_changes_when_the_context_selection_changes() {
+    let op = copy(&["src"], "/app/");
+    let inputs = [input(vec![]), context_input()];
+    let before = explain(&op, &inputs, Some(&Digest::of(b"files v1"))).key();
+    let after = explain(&op, &inputs, Some(&Digest::of(b"files v2"))).key();
+    assert_ne!(before, after);
+}
+
+#[test]
+fn key_is_unchanged_when_only_the_vertex_name_changes() {
+    let key_named = |name: &str| {
+        let mut graph = BuildGraph::new();
+        let base = graph.add(Op::Scratch, Vec::new(), format!("{name} base"));
+        let id = graph.add(exec("make", &[]), vec![base], name);
+        let op = &graph.vertex(id).op;
+        KeyExplanation::derive(KeySources {
+            definition: &graph.definition_digest(id),
+            op,
+            inputs: &[input(vec![])],
+            context_files: None,
+            settings: &BTreeMap::new(),
+        })
+        .key()
+    };
+    assert_eq!(
+        key_named("[a 1/2] RUN make"),
+        key_named("[other 7/9] RUN make")
+    );
+}
+
+#[test]
+fn key_depends_on_input_content_not_on_its_blob_encoding() {
+    // Early cut-off: an upstream step that reran and produced the same diffIDs, even stored
+    // with another compression, leaves the key unchanged.
+    let op = exec("make", &[]);
+    let plain = layer("base");
+    let mut recompressed = plain.clone();
+    recompressed.blob.media_type = media_type::OCI_LAYER_ZSTD.to_string();
+    recompressed.blob.digest = Digest::of(b"zstd bytes");
+    assert_eq!(
+        key(&op, &[input(vec![plain])]),
+        key(&op, &[input(vec![recompressed])])
+    );
+}
+
+#[test]
+fn image_inputs_are_identified_by_their_manifest_digest() {
+    let image = |manifest: &[u8]| SolvedInput {
+        vertex: VertexId::new(0),
+        result: Arc::new(Solved::Filesystem(Filesystem {
+            layers: vec![layer("base")],
+            image: Some(ImageOrigin {
+                manifest: Digest::of(manifest),
+                config: Digest::of(b"config"),
+            }),
+        })),
+    };
+    let op = exec("make", &[]);
+    let first = explain(&op, &[image(b"manifest v1")], None);
+    let second = explain(&op, &[image(b"manifest v2")], None);
+    assert_ne!(first.key(), second.key());
+    assert_eq!(first.components[1].label, "input 0 image");
+    assert_eq!(
+        first.components[1].value,
+        Digest::of(b"manifest v1").as_str()
+    );
+}
+
+#[test]
+fn settings_enter_every_key() {
+    let op = exec("make", &[]);
+    let epoch = |value: &str| BTreeMap::from([("SOURCE_DATE_EPOCH".to_string(), value.into())]);
+    let unset = explain_with(&op, &[], None, &BTreeMap::new()).key();
+    let set = explain_with(&op, &[], None, &epoch("0")).key();
+    let other = explain_with(&op, &[], None, &epoch("1")).key();
+    assert_ne!(unset, set);
+    assert_ne!(set, other);
+}
+
+#[test]
+fn changes_name_the_instruction_parts_that_differ() {
+    let inputs = [input(vec![layer("base")])];
+    let before = explain(&exec("make", &["PATH=/bin", "VERSION=1"]), &inputs, None);
+    let env_changed = explain(&exec("make", &["PATH=/bin", "VERSION=2"]), &inputs, None);
+    assert_eq!(
+        env_changed.changes_from(&before),
+        vec![Change {
+            component: "instruction".into(),
+            parts: vec!["env VERSION".into()],
+        }]
+    );
+    let command_changed = explain(
+        &exec("make all", &["PATH=/bin", "VERSION=1"]),
+        &inputs,
+        None,
+    );
+    let changes = command_changed.changes_from(&before);
+    assert_eq!(changes[0].parts, vec!["command"]);
+    assert_eq!(changes[0].to_string(), "instruction changed (command)");
+    let arg_added = explain(
+        &exec("make", &["PATH=/bin", "VERSION=1", "DEBUG=1"]),
+        &inputs,
+        None,
+    );
+    assert_eq!(arg_added.changes_from(&before)[0].parts, vec!["env DEBUG"]);
+}
+
+#[test]
+fn changes_name_changed_inputs_and_context_files() {
+    let op = copy(&["src"], "/app/");
+    let before = explain(
+        &op,
+        &[input(vec![layer("base")]), context_input()],
+        Some(&Digest::of(b"v1")),
+    );
+    let after = explain(
+        &op,
+        &[input(vec![layer("new base")]), context_input()],
+        Some(&Digest::of(b"v2")),
+    );
+    let described: Vec<String> = after
+        .changes_from(&before)
+        .iter()
+        .map(Change::to_string)
+        .collect();
+    assert_eq!(
+        described,
+        ["input 0 layers changed", "context files changed"]
+    );
+    assert!(after.changes_from(&after).is_empty());
+}
+
+#[test]
+fn explanations_hold_digests_of_env_values_never_the_values() {
+    let explanation = explain(&exec("make", &["TOKEN=hunter2-secret"]), &[], None);
+    let json = serde_json::to_string(&explanation).unwrap();
+    assert!(!json.contains("hunter2-secret"), "{json}");
+    assert!(json.contains("env TOKEN"), "{json}");
+}

@@ -1,0 +1,461 @@
+//! Cache records: one file per key under the state directory's `records/`, mapping the key to
+//! the result a step produced, plus `records/by-name/`, which remembers the last key of each
+//! step position so that a miss can be explained against it.
+//!
+//! ```text
+//! records/<key hex>              {"version", "key", "name", "explanation", "result"}
+//! records/by-name/<position hex> the last key solved at that position
+//! ```
+//!
+//! Invariants:
+//! - Every file is written to the store's `tmp/` and renamed into place: readers see a whole
+//!   file or none. Records are fsynced (file and directory) before and after the rename; the
+//!   by-name index is advisory (it only sharpens explanations) and skips the fsyncs to keep
+//!   cache hits cheap.
+//! - A record is written only after every blob its result names is in the store
+//!   ([`RecordStore::write`] checks), so a killed build never leaves a record that points at a
+//!   missing or partial layer.
+//! - A record that names a missing blob, or that cannot be read, is a miss and is removed — but
+//!   only if the file is still the one that was read, so a fresh record another process renamed
+//!   into place meanwhile survives. Losing a record costs a rebuild, never a wrong result.
+//! - Concurrent imgb processes may write the same key: each rename is atomic and every version
+//!   is a valid result for the key, so the last one simply wins.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imgb_cache::{Digest, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::solve::key::{CacheKey, Change, INSTRUCTION, KeyExplanation};
+use crate::solve::result::Solved;
+
+/// The format of record files.
+pub const RECORD_VERSION: u32 = 1;
+
+const BY_NAME: &str = "by-name";
+
+/// What a step produced for a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub key: CacheKey,
+    /// The step's name when it was recorded, shown when the same step later misses.
+    pub name: String,
+    pub explanation: KeyExplanation,
+    pub result: Solved,
+}
+
+impl Record {
+    pub fn new(name: impl Into<String>, explanation: KeyExplanation, result: Solved) -> Self {
+        Record {
+            version: RECORD_VERSION,
+            key: explanation.key(),
+            name: name.into(),
+            explanation,
+            result,
+        }
+    }
+}
+
+/// A stable identity for a step across builds — the same stage and step number in the same
+/// project — under which the last key is remembered. Hashed, so it is a safe file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position(Digest);
+
+impl Position {
+    /// The position of the vertex named `vertex_name` in `scope` (what identifies the project,
+    /// e.g. the Dockerfile's path): see [`step_identity`].
+    pub fn new(scope: &str, vertex_name: &str) -> Self {
+        let identity = format!("{scope}\n{}", step_identity(vertex_name));
+        Position(Digest::of(identity.as_bytes()))
+    }
+}
+
+/// The part of a vertex name that survives edits to the step: `[build 2/4] RUN make` → `build 2`
+/// (the step count and the instruction may change between builds); a name without a numbered
+/// `[stage n/m]` prefix is its own identity.
+pub fn step_identity(name: &str) -> &str {
+    name.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(bracket, _)| bracket.rsplit_once('/'))
+        .map_or(name, |(stage_and_step, _total)| stage_and_step)
+}
+
+/// Why a record cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum RecordProblem {
+    /// A blob the result names is no longer in the store (removed by hand or by GC).
+    MissingBlob { digest: Digest },
+    /// Not a record of this version for this key.
+    Unreadable { reason: String },
+}
+
+impl fmt::Display for RecordProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordProblem::MissingBlob { digest } => {
+                write!(f, "its blob {digest} is missing from the store")
+            }
+            RecordProblem::Unreadable { reason } => write!(f, "it is unreadable: {reason}"),
+        }
+    }
+}
+
+/// Why a step ran instead of being served from the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum MissReason {
+    /// Image sources and downloads are resolved on every build.
+    Source,
+    /// `--no-cache` or `--no-cache-filter` covers this step.
+    CacheDisabled,
+    /// Nothing was recorded for this step before (or the last record is gone).
+    NoRecord,
+    /// A record for this very key exists but cannot be used; it was removed.
+    InvalidRecord { problem: RecordProblem },
+    /// The last record of this step had a different key; these components differ.
+    Changed {
+        changes: Vec<Change>,
+        /// The step's name in that record (its instruction text then).
+        previous_name: String,
+    },
+}
+
+impl fmt::Display for MissReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MissReason::Source => f.write_str("sources are resolved on every build"),
+            MissReason::CacheDisabled => f.write_str("cache disabled for this step"),
+            MissReason::NoRecord => f.write_str("no record"),
+            MissReason::InvalidRecord { problem } => {
+                write!(f, "the record for this step was dropped: {problem}")
+            }
+            MissReason::Changed {
+                changes,
+                previous_name,
+            } => {
+                let listed: Vec<String> = changes.iter().map(Change::to_string).collect();
+                f.write_str(&listed.join("; "))?;
+                if changes.iter().any(|change| change.component == INSTRUCTION) {
+                    write!(f, "; was `{previous_name}`")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The outcome of [`RecordStore::lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(Record),
+    Miss,
+    /// There was a record for the key, but it could not be used and has been removed.
+    Invalid(RecordProblem),
+}
+
+/// The outcome of [`RecordStore::find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Hit(Record),
+    Miss(MissReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{op} {path}: {source}", path = path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot record {key}: blob {digest} is not in the store \
+         (hint: a record may only name stored blobs; the step's executor must store its layers first)"
+    )]
+    BlobNotStored { key: CacheKey, digest: Digest },
+}
+
+impl RecordError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RecordError {
+        let path = path.to_path_buf();
+        move |source| RecordError::Io { op, path, source }
+    }
+}
+
+/// The cache records of one state directory.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    store: Store,
+}
+
+impl RecordStore {
+    pub fn new(store: Store) -> Self {
+        RecordStore { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn record_path(&self, key: &CacheKey) -> PathBuf {
+        self.store.records_dir().join(key.digest().hex())
+    }
+
+    fn index_path(&self, position: &Position) -> PathBuf {
+        self.store
+            .records_dir()
+            .join(BY_NAME)
+            .join(position.0.hex())
+    }
+
+    /// The usable record for `key`, if any. An unusable one is removed (see the module docs).
+    pub fn lookup(&self, key: &CacheKey) -> Result<Lookup, RecordError> {
+        let path = self.record_path(key);
+        let Some((bytes, file_id)) = read_if_exists(&path)? else {
+            return Ok(Lookup::Miss);
+        };
+        let problem = match serde_json::from_slice::<Record>(&bytes) {
+            Ok(record) if record.version != RECORD_VERSION || record.key != *key => {
+                RecordProblem::Unreadable {
+                    reason: format!(
+                        "record version {} for key {}, expected version {RECORD_VERSION} for {key}",
+                        record.version, record.key
+                    ),
+                }
+            }
+            Ok(record) => {
+                let missing = record
+                    .result
+                    .blobs()
+                    .into_iter()
+                    .find(|digest| !self.store.has_blob(digest));
+                match missing {
+                    None => return Ok(Lookup::Hit(record)),
+                    Some(digest) => RecordProblem::MissingBlob {
+                        digest: digest.clone(),
+                    },
+                }
+            }
+            Err(error) => RecordProblem::Unreadable {
+                reason: error.to_string(),
+            },
+        };
+        remove_if_unchanged(&path, file_id)?;
+        Ok(Lookup::Invalid(problem))
+    }
+
+    /// Stores `record` durably; refuses one that names a blob the store does not hold.
+    pub fn write(&self, record: &Record) -> Result<(), RecordError> {
+        if let Some(digest) = record
+            .result
+            .blobs()
+            .into_iter()
+            .find(|digest| !self.store.has_blob(digest))
+        {
+            return Err(RecordError::BlobNotStored {
+                key: record.key.clone(),
+                digest: digest.clone(),
+            });
+        }
+        let bytes = serde_json::to_vec(record).map_err(|error| {
+            RecordError::io("encode record", &self.record_path(&record.key))(error.into())
+        })?;
+        self.replace(&self.record_path(&record.key), &bytes, Durability::Synced)
+    }
+
+    /// The key last solved at `position`, if remembered.
+    pub fn last_key_at(&self, position: &Position) -> Result<Option<CacheKey>, RecordError> {
+        let Some((bytes, _)) = read_if_exists(&self.index_path(position))? else {
+            return Ok(None);
+        };
+        // A garbled index entry only costs an explanation.
+        Ok(std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| Digest::parse(text.trim()).ok())
+            .map(CacheKey::from))
+    }
+
+    pub fn set_last_key_at(&self, position: &Position, key: &CacheKey) -> Result<(), RecordError> {
+        let path = self.index_path(position);
+        let dir = self.store.records_dir().join(BY_NAME);
+        fs::create_dir_all(&dir).map_err(RecordError::io("create directory", &dir))?;
+        self.replace(&path, key.to_string().as_bytes(), Durability::Advisory)
+    }
+
+    /// Looks `key` up for the step at `position`. A hit makes `key` the position's last key;
+    /// a miss is explained against the record of the position's last key.
+    pub fn find(
+        &self,
+        key: &CacheKey,
+        position: &Position,
+        explanation: &KeyExplanation,
+    ) -> Result<Found, RecordError> {
+        match self.lookup(key)? {
+            Lookup::Hit(record) => {
+                if self.last_key_at(position)?.as_ref() != Some(key) {
+                    self.set_last_key_at(position, key)?;
+                }
+                Ok(Found::Hit(record))
+            }
+            Lookup::Invalid(problem) => Ok(Found::Miss(MissReason::InvalidRecord { problem })),
+            Lookup::Miss => Ok(Found::Miss(self.explain_miss(
+                key,
+                position,
+                explanation,
+            )?)),
+        }
+    }
+
+    /// Why there is no record for `key`: what differs from the record last solved at
+    /// `position`, or that there is none to compare with.
+    pub fn explain_miss(
+        &self,
+        key: &CacheKey,
+        position: &Position,
+        explanation: &KeyExplanation,
+    ) -> Result<MissReason, RecordError> {
+        let previous = match self.last_key_at(position)? {
+            Some(last) if last != *key => read_if_exists(&self.record_path(&last))?
+                .and_then(|(bytes, _)| serde_json::from_slice::<Record>(&bytes).ok()),
+            _ => None,
+        };
+        let Some(previous) = previous else {
+            return Ok(MissReason::NoRecord);
+        };
+        let changes = explanation.changes_from(&previous.explanation);
+        if changes.is_empty() {
+            return Ok(MissReason::NoRecord);
+        }
+        Ok(MissReason::Changed {
+            changes,
+            previous_name: previous.name,
+        })
+    }
+
+    /// Writes `bytes` to `dest` through a staged file in `tmp/` and a rename.
+    fn replace(
+        &self,
+        dest: &Path,
+        bytes: &[u8],
+        durability: Durability,
+    ) -> Result<(), RecordError> {
+        let mut staged = StagedFile::create(&self.store.tmp_dir())?;
+        staged
+            .file
+            .write_all(bytes)
+            .map_err(RecordError::io("write", &staged.path))?;
+        if durability == Durability::Synced {
+            staged
+                .file
+                .sync_all()
+                .map_err(RecordError::io("fsync", &staged.path))?;
+        }
+        fs::rename(&staged.path, dest).map_err(RecordError::io("rename into place", dest))?;
+        staged.renamed = true;
+        if durability == Durability::Synced {
+            let dir = dest.parent().unwrap_or(Path::new("."));
+            File::open(dir)
+                .and_then(|dir_file| dir_file.sync_all())
+                .map_err(RecordError::io("fsync directory", dir))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Survives a crash once written.
+    Synced,
+    /// Atomic, but may be lost in a crash.
+    Advisory,
+}
+
+/// Device and inode: which file a path named when it was read.
+type FileId = (u64, u64);
+
+fn read_if_exists(path: &Path) -> Result<Option<(Vec<u8>, FileId)>, RecordError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(RecordError::io("open", path)(error)),
+    };
+    let metadata = file.metadata().map_err(RecordError::io("stat", path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(RecordError::io("read", path))?;
+    Ok(Some((bytes, (metadata.dev(), metadata.ino()))))
+}
+
+/// Removes `path` if it is still the file identified by `read`. The check and the removal are
+/// not one atomic step; the window only risks dropping a fresh record (a rebuild), never
+/// keeping a bad one.
+fn remove_if_unchanged(path: &Path, read: FileId) -> Result<(), RecordError> {
+    let current = match fs::symlink_metadata(path) {
+        Ok(metadata) => (metadata.dev(), metadata.ino()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(RecordError::io("stat", path)(error)),
+    };
+    if current != read {
+        return Ok(());
+    }
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(RecordError::io("remove invalid record", path)(error))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A new file in `tmp/`, removed on drop unless it was renamed into place.
+struct StagedFile {
+    path: PathBuf,
+    file: File,
+    renamed: bool,
+}
+
+impl StagedFile {
+    fn create(tmp_dir: &Path) -> Result<StagedFile, RecordError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            // Unique among this process's names; a leftover of a dead process with the same
+            // pid fails the exclusive create and the next number is tried.
+            let name = format!(
+                "record-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = tmp_dir.join(name);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(StagedFile {
+                        path,
+                        file,
+                        renamed: false,
+                    });
+                }
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(RecordError::io("create", &path)(error)),
+            }
+        }
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            // Best effort: a leftover in tmp/ is harmless and never read as a record.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

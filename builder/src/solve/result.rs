@@ -1,0 +1,102 @@
+//! What solving a vertex yields.
+//!
+//! A filesystem is a chain of layers, base first: each [`LayerRef`] pairs the layer's content
+//! identity (its diffID, the digest of the uncompressed tar) with the stored blob that holds it.
+//! Content identity, not the blob, is what downstream cache keys use, so recompressing a layer
+//! never invalidates anything. The build context yields no layers: steps read it through the
+//! context module, and what they select enters their keys as a digest (see [`super::key`]).
+
+use std::sync::Arc;
+
+use imgb_cache::Digest;
+use imgb_cache::oci::Descriptor;
+use serde::{Deserialize, Serialize};
+
+use crate::graph::VertexId;
+
+/// One layer of a filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// sha256 of the uncompressed layer tar: what the layer contains.
+    pub diff_id: Digest,
+    /// The stored (usually compressed) blob.
+    pub blob: Descriptor,
+}
+
+/// The image a filesystem was resolved from (image sources only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageOrigin {
+    /// The manifest's digest: the image's identity in downstream cache keys.
+    pub manifest: Digest,
+    /// The config blob's digest (environment, user, history of the base).
+    pub config: Digest,
+}
+
+/// A root filesystem: layers, base first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filesystem {
+    pub layers: Vec<LayerRef>,
+    /// Set when this filesystem *is* an image, as resolved by an image source; a step built on
+    /// top of it yields a plain filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageOrigin>,
+}
+
+impl Filesystem {
+    /// This filesystem with `layer` on top: what a step that changes files yields.
+    pub fn with_layer(&self, layer: LayerRef) -> Filesystem {
+        let mut layers = self.layers.clone();
+        layers.push(layer);
+        Filesystem {
+            layers,
+            image: None,
+        }
+    }
+
+    pub fn diff_ids(&self) -> impl Iterator<Item = &Digest> {
+        self.layers.iter().map(|layer| &layer.diff_id)
+    }
+}
+
+/// The result of solving one vertex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Solved {
+    Filesystem(Filesystem),
+    /// The build context, read by the steps that use it through the context module.
+    Context,
+}
+
+impl Solved {
+    /// The empty filesystem (`scratch`).
+    pub fn scratch() -> Solved {
+        Solved::Filesystem(Filesystem::default())
+    }
+
+    pub fn filesystem(&self) -> Option<&Filesystem> {
+        match self {
+            Solved::Filesystem(filesystem) => Some(filesystem),
+            Solved::Context => None,
+        }
+    }
+
+    /// Every blob this result names: a record of it is only valid while all of them are stored.
+    pub fn blobs(&self) -> Vec<&Digest> {
+        let Solved::Filesystem(filesystem) = self else {
+            return Vec::new();
+        };
+        let layers = filesystem.layers.iter().map(|layer| &layer.blob.digest);
+        let image = filesystem
+            .image
+            .iter()
+            .flat_map(|origin| [&origin.manifest, &origin.config]);
+        layers.chain(image).collect()
+    }
+}
+
+/// A solved input handed to an executor: which vertex it is and what it yielded.
+#[derive(Debug, Clone)]
+pub struct SolvedInput {
+    pub vertex: VertexId,
+    pub result: Arc<Solved>,
+}
