@@ -185,8 +185,8 @@ fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prep
             }
         })?;
         let wanted = spec
-            .compression
-            .filter(|wanted| spec.force_compression && LayerCompression::of(*wanted) != stored);
+            .forced_compression()
+            .filter(|wanted| LayerCompression::of(*wanted) != stored);
         let mut exported = match wanted {
             Some(compression) => convert_layer(store, layer, diff_id, compression)?,
             None => layer.clone(),

@@ -257,6 +257,13 @@ impl OutputSpec {
         }
     }
 
+    /// The compression every layer must have: with `force-compression=true`, the requested
+    /// one or BuildKit's default, gzip; otherwise none (layers are exported as stored).
+    pub fn forced_compression(&self) -> Option<Compression> {
+        self.force_compression
+            .then(|| self.compression.unwrap_or(Compression::GZIP_DEFAULT))
+    }
+
     /// Whether manifests and layers get OCI media types.
     pub fn uses_oci_media_types(&self) -> bool {
         self.oci_mediatypes.unwrap_or(match self.kind {
@@ -342,6 +349,24 @@ mod tests {
         assert_eq!(spec.dest, Destination::Path("my \"file\".tar".into()));
         assert!(!spec.uses_oci_media_types());
         assert!(parse("type=docker,dest=x,compression=zstd").uses_oci_media_types());
+    }
+
+    #[test]
+    fn force_compression_defaults_to_gzip_like_buildkit() {
+        assert_eq!(parse("type=oci,dest=x").forced_compression(), None);
+        assert_eq!(
+            parse("type=oci,dest=x,compression=zstd").forced_compression(),
+            None
+        );
+        assert_eq!(
+            parse("type=oci,dest=x,force-compression=true").forced_compression(),
+            Some(Compression::GZIP_DEFAULT)
+        );
+        assert_eq!(
+            parse("type=oci,dest=x,compression=uncompressed,force-compression=1")
+                .forced_compression(),
+            Some(Compression::None)
+        );
     }
 
     #[test]

@@ -402,3 +402,38 @@ fn concurrent_loads_of_the_same_archive_agree() {
         store.verify_blob(&blob, None).unwrap();
     }
 }
+
+#[test]
+fn uncompressed_base_layers_are_compressed_only_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = store(dir.path(), "source");
+    let (bytes, _, _) = docker_save_archive(json!(["base:1"]));
+    let image = load_archive(&source, &bytes[..]).unwrap().remove(0).image;
+    for (spec, expected) in [
+        ("type=oci,dest={}", media_type::OCI_LAYER),
+        (
+            "type=oci,force-compression=true,dest={}",
+            media_type::OCI_LAYER_GZIP,
+        ),
+        (
+            "type=docker,force-compression=true,dest={}",
+            media_type::DOCKER_LAYER_GZIP,
+        ),
+    ] {
+        let path = dir.path().join("out.tar");
+        let spec = OutputSpec::parse(&spec.replace("{}", path.to_str().unwrap())).unwrap();
+        export(&source, &image, &[], &spec).unwrap();
+        let target = store(dir.path(), "target");
+        let loaded = load_archive(&target, fs::File::open(&path).unwrap()).unwrap();
+        let layers = &loaded[0].image.manifest.layers;
+        // Import records OCI types for docker-archives, so compare the compression only.
+        let compression = |t: &str| imgb_cache::oci::LayerCompression::from_media_type(t);
+        assert!(
+            layers
+                .iter()
+                .all(|l| compression(&l.media_type) == compression(expected)),
+            "{spec:?}: {layers:?}"
+        );
+        assert_eq!(loaded[0].image.config, image.config);
+    }
+}
