@@ -3,7 +3,7 @@
 //! Guarantees:
 //! - Nothing is created, changed or removed outside the target. Entry names are cleaned
 //!   lexically (`..` stops at the root, leading `/` is dropped), and every parent directory is
-//!   resolved by [`ConfinedRoot`], which follows symlinks as if the target were `/`. The final
+//!   resolved by `ConfinedRoot`, which follows symlinks as if the target were `/`. The final
 //!   name is then handled with `*at` calls that never follow it; hardlink targets are resolved
 //!   the same way and linked without following. Entries that clean to the root itself only
 //!   update the root's metadata (directories) or are skipped.

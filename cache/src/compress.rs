@@ -2,7 +2,7 @@
 //!
 //! Output must be a pure function of (input bytes, algorithm, level), never of thread count,
 //! write sizes or timing, because layer digests are cache keys:
-//! - gzip splits the input at fixed [`GZIP_CHUNK`] offsets; each chunk becomes a raw deflate
+//! - gzip splits the input at fixed `GZIP_CHUNK` offsets; each chunk becomes a raw deflate
 //!   segment primed with the previous chunk's last 32 KiB as dictionary and ended with a sync
 //!   flush (the last one with a final block), and the segments are joined under one gzip header
 //!   (mtime 0, no name) and trailer. Chunks are compressed in batches on the rayon pool, so

@@ -14,10 +14,10 @@
 //! - [`apply`]: a layer tar (any compression) → a directory, never touching anything outside it.
 //! - [`snapshot`]: one unpacked tree per layer (overlayfs lower directories), made once.
 //! - [`oci`]: the image model (index, manifest, config) and canonical JSON.
-//! - [`reference`]: image names normalized as Docker does.
+//! - [`mod@reference`]: image names normalized as Docker does.
 //! - [`image`]: images in the store (manifest + config + layers, named).
 //! - [`import`]: OCI layout and docker-archive tars → the store, verified.
-//! - [`output`] and [`export`]: the `-o type=...` syntax and the exporters.
+//! - [`output`] and [`mod@export`]: the `-o type=...` syntax and the exporters.
 //!
 //! Internals: `tar_format` encodes headers, `tar_reader` parses untrusted archives, `confined`
 //! resolves paths inside a directory as if it were `/`.

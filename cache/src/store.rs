@@ -14,7 +14,7 @@
 //!
 //! Invariants:
 //! - Every file is staged in `tmp/`, fsynced, renamed into place and its directory fsynced
-//!   ([`TmpFile::persist`]): readers see either nothing or the whole, durable file. Several
+//!   (`TmpFile::persist`): readers see either nothing or the whole, durable file. Several
 //!   processes may write the same blob at once; the last rename wins and all contents are equal.
 //! - A blob's file name is its digest. Writers compute the digest while streaming
 //!   ([`BlobWriter`]), so nothing is buffered whole in memory.
