@@ -12,7 +12,9 @@
 //! - At most `jobs` executions run at once; cache lookups and key derivation are not limited.
 //! - On the first failure (or when the caller cancels) nothing new starts, the [`Cancel`] every
 //!   running job holds fires, and the solve waits for running jobs to wind down before it
-//!   returns the first failure. Dropping the solve future aborts its tasks.
+//!   returns the first failure — never a vertex that merely stopped because of the cancel. A
+//!   failing job's `jobs` slot is released only after the cancel fires, so no queued job starts
+//!   after a failure. Dropping the solve future aborts its tasks.
 //! - `ignore_cache` vertices always run, and are still recorded, so a later build can hit.
 //! - Every vertex that runs reports why it was not served from the cache.
 
@@ -306,7 +308,7 @@ impl<E: Executor> Solver<E> {
                 .iter()
                 .map(|&id| (id, distinct(&graph.vertex(id).inputs).len()))
                 .collect(),
-            build: Arc::clone(&build),
+            build,
             tasks: JoinSet::new(),
             running: HashMap::new(),
             solution: Solution::default(),
@@ -316,49 +318,7 @@ impl<E: Executor> Solver<E> {
                 coordinator.spawn(id);
             }
         }
-        let mut failure = None;
-        loop {
-            let joined = tokio::select! {
-                joined = coordinator.tasks.join_next_with_id() => joined,
-                () = cancel.cancelled(), if failure.is_none() => {
-                    failure = Some(SolveError::Cancelled);
-                    build.cancel.cancel();
-                    continue;
-                }
-            };
-            let Some(joined) = joined else { break };
-            let (id, outcome) = match joined {
-                Ok((task, (id, outcome))) => {
-                    coordinator.running.remove(&task);
-                    (id, outcome)
-                }
-                Err(error) => {
-                    let Some(id) = coordinator.running.remove(&error.id()) else {
-                        continue;
-                    };
-                    (id, Err(VertexError::Panicked(error.to_string())))
-                }
-            };
-            match outcome {
-                Ok(solved) if failure.is_none() => coordinator.finish(id, solved),
-                Ok(_) => {}
-                Err(error) if failure.is_some() && error.is_cancellation() => {}
-                Err(error) => {
-                    if failure.is_none() {
-                        failure = Some(SolveError::Vertex {
-                            vertex: id,
-                            name: graph.vertex(id).name.clone(),
-                            source: error,
-                        });
-                    }
-                    build.cancel.cancel();
-                }
-            }
-        }
-        match failure {
-            Some(failure) => Err(failure),
-            None => Ok(coordinator.solution),
-        }
+        coordinator.run(cancel).await
     }
 }
 
@@ -379,6 +339,61 @@ struct Coordinator<'g, E> {
 }
 
 impl<E: Executor> Coordinator<'_, E> {
+    /// Joins finished vertices and spawns those they unblock until nothing runs.
+    async fn run(mut self, cancel: &Cancel) -> Result<Solution, SolveError> {
+        // The first real failure (or the caller's cancel) wins; a vertex that stopped because
+        // the build was cancelled only stands in when nothing else explains the stop.
+        let mut failure = None;
+        let mut stopped = None;
+        loop {
+            let joined = tokio::select! {
+                joined = self.tasks.join_next_with_id() => joined,
+                () = cancel.cancelled(), if failure.is_none() => {
+                    failure = Some(SolveError::Cancelled);
+                    self.build.cancel.cancel();
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let (id, outcome) = match joined {
+                Ok((task, (id, outcome))) => {
+                    self.running.remove(&task);
+                    (id, outcome)
+                }
+                Err(error) => {
+                    let Some(id) = self.running.remove(&error.id()) else {
+                        continue;
+                    };
+                    (id, Err(VertexError::Panicked(error.to_string())))
+                }
+            };
+            let error = match outcome {
+                Ok(solved) => {
+                    if !self.build.cancel.is_cancelled() {
+                        self.finish(id, solved);
+                    }
+                    continue;
+                }
+                Err(error) => error,
+            };
+            self.build.cancel.cancel();
+            let slot = if error.is_cancellation() {
+                &mut stopped
+            } else {
+                &mut failure
+            };
+            slot.get_or_insert(SolveError::Vertex {
+                vertex: id,
+                name: self.graph.vertex(id).name.clone(),
+                source: error,
+            });
+        }
+        match failure.or(stopped) {
+            Some(failure) => Err(failure),
+            None => Ok(self.solution),
+        }
+    }
+
     fn spawn(&mut self, id: VertexId) {
         self.waiting.remove(&id);
         let vertex = self.graph.vertex(id).clone();

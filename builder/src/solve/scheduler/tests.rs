@@ -20,7 +20,8 @@ struct Execution {
 }
 
 /// Executes exec ops by their environment: `SLEEP_MS` (interruptible by the cancel),
-/// `OUTPUT` (the layer's content; the command by default) and `FAIL`; file ops copy from the
+/// `OUTPUT` (the layer's content; the command by default), `FAIL` and `CANCEL_BUILD_FIRST`
+/// (cancel the build, wait, then go on); file ops copy from the
 /// context (its selection digest) or a stage (its diffIDs); image sources yield one layer.
 #[derive(Debug)]
 struct TestExecutor {
@@ -109,6 +110,11 @@ impl TestExecutor {
                         self.saw_cancel.lock().unwrap().push(job.vertex.name.clone());
                         return Err(ExecError::Cancelled);
                     }
+                }
+                if env("CANCEL_BUILD_FIRST").is_some() {
+                    // Siblings see the cancel and stop before this failure is reported.
+                    job.cancel.cancel();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 if env("FAIL").is_some() {
                     return Err(ExecError::failed("exit code 1"));
@@ -346,6 +352,63 @@ async fn first_failure_cancels_running_siblings_and_is_returned() {
             .events
             .contains(&ProgressEvent::Cancelled { vertex: slow })
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_reported_after_the_cancelled_siblings_is_still_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Arc::new(TestExecutor::new(dir.path()));
+    let mut graph = BuildGraph::new();
+    let base = graph.add(Op::Scratch, vec![], "scratch");
+    let failing = run(
+        &mut graph,
+        base,
+        "[a 1/1] RUN fail",
+        "fail",
+        &["CANCEL_BUILD_FIRST=1", "FAIL=1"],
+    );
+    let slow = run(
+        &mut graph,
+        base,
+        "[b 1/1] RUN slow",
+        "slow",
+        &["SLEEP_MS=30000"],
+    );
+    let built = build(&executor, &graph, &[failing, slow]).await;
+    assert!(
+        matches!(&built.outcome, Err(SolveError::Vertex { vertex, .. }) if *vertex == failing),
+        "{:?}",
+        built.outcome
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_that_stops_on_its_own_fails_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Arc::new(TestExecutor::new(dir.path()));
+    let mut graph = BuildGraph::new();
+    let base = graph.add(Op::Scratch, vec![], "scratch");
+    // Cancels the build itself and then finishes: the stop must not look like success.
+    let stopping = run(
+        &mut graph,
+        base,
+        "[a 1/1] RUN stop",
+        "stop",
+        &["CANCEL_BUILD_FIRST=1"],
+    );
+    let slow = run(
+        &mut graph,
+        base,
+        "[b 1/1] RUN slow",
+        "slow",
+        &["SLEEP_MS=30000"],
+    );
+    let built = build(&executor, &graph, &[stopping, slow]).await;
+    let Err(SolveError::Vertex { vertex, source, .. }) = &built.outcome else {
+        panic!("the build must not succeed: {:?}", built.outcome);
+    };
+    assert_eq!(*vertex, slow);
+    assert!(matches!(source, VertexError::Exec(ExecError::Cancelled)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
