@@ -669,15 +669,19 @@ async fn context_change_reruns_only_the_steps_that_read_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cache_vertices_always_run_but_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let Branches { mut graph, roots } = branches(&[], "b1");
+    let without_cache = || {
+        let Branches { mut graph, roots } = branches(&[], "b1");
+        let b1 = graph
+            .vertices()
+            .find(|(_, vertex)| vertex.name == "[b 1/2] RUN b1")
+            .map(|(id, _)| id)
+            .unwrap();
+        graph.ignore_cache(b1);
+        Branches { graph, roots }
+    };
+    let Branches { graph, roots } = without_cache();
     build(&Arc::new(TestExecutor::new(dir.path())), &graph, &roots).await;
 
-    let b1 = graph
-        .vertices()
-        .find(|(_, vertex)| vertex.name == "[b 1/2] RUN b1")
-        .map(|(id, _)| id)
-        .unwrap();
-    graph.ignore_cache(b1);
     let executor = Arc::new(TestExecutor::new(dir.path()));
     let built = build(&executor, &graph, &roots).await;
     assert_eq!(executor.executed(), names(&["[b 1/2] RUN b1"]));
@@ -687,6 +691,13 @@ async fn no_cache_vertices_always_run_but_are_recorded() {
     );
     // Same output, so its dependents hit.
     assert!(built.cached().contains("[b 2/2] RUN b2"));
+
+    // Recorded all the same: a build that allows the cache hits.
+    let Branches { graph, roots } = branches(&[], "b1");
+    let executor = Arc::new(TestExecutor::new(dir.path()));
+    let built = build(&executor, &graph, &roots).await;
+    assert!(executor.executions().is_empty());
+    assert!(built.cached().contains("[b 1/2] RUN b1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
