@@ -2,8 +2,10 @@
 
 use crate::check::{self, CheckArgs};
 use crate::commands::images::{self, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
+use crate::commands::run::{self, RunArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,6 +41,14 @@ enum Command {
     Inspect(InspectArgs),
     /// Remove image names (the content goes at the next prune).
     Rm(RmArgs),
+    /// Run a command in an ephemeral container from an image (nothing is kept).
+    Run(RunArgs),
+    /// The container init stages, which the runner re-executes imgb with.
+    #[command(name = "__init", hide = true)]
+    Init {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +70,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Images(args) => images::images(cli.root, &args),
         Command::Inspect(args) => images::inspect(cli.root, &args),
         Command::Rm(args) => images::rm(cli.root, &args),
+        Command::Run(args) => run::run(cli.root, &args),
+        Command::Init { args } => Ok(imgb_runner::init::main(&args)),
     }
 }
 
