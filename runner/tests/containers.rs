@@ -417,6 +417,37 @@ mod scenarios {
     }
 }
 
+/// 150 layers with long paths make ~14 KiB of lower directories, far past the 4 KiB that a
+/// `lowerdir=a:b:c` mount option can hold; a later layer's file wins over an earlier one's.
+#[tokio::test]
+async fn many_layers_stack_past_the_mount_option_limit_in_order() {
+    let fixture = Fixture::new();
+    let mut lowers = vec![fixture.base.clone()];
+    for index in 0..150 {
+        let layer = fixture.dir.path().join(format!(
+            "layer-with-a-rather-long-directory-name-{index:03}"
+        ));
+        fs::create_dir_all(layer.join("layers")).unwrap();
+        fs::write(layer.join(format!("layers/{index:03}")), b"").unwrap();
+        fs::write(layer.join("top"), format!("{index}\n")).unwrap();
+        lowers.push(layer);
+    }
+    let spec = RunSpec::new(
+        lowers,
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "ls /layers | wc -l; cat /top".into(),
+        ],
+    );
+    let ran = fixture.run(&spec).await;
+    ran.assert_success();
+    assert_eq!(
+        ran.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["150", "149"]
+    );
+}
+
 /// Root only: images can carry device nodes, and the container keeps CAP_MKNOD; neither may
 /// give access to a device (everything the container sees is `nodev`).
 #[tokio::test]
