@@ -14,6 +14,7 @@
 //! Built so far: the graph IR ([`graph`]) and a user-space merged view of layer snapshots
 //! ([`layered`]).
 
+pub mod context;
 pub mod graph;
 pub mod ignore;
 pub mod layered;
