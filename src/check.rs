@@ -45,6 +45,8 @@ pub struct LoadedDockerfile {
     pub dockerfile: Dockerfile,
     pub options: BuildOptions,
     pub ignore: Option<IgnoreRules>,
+    /// The build context directory.
+    pub context: PathBuf,
 }
 
 impl FrontendArgs {
@@ -64,6 +66,7 @@ impl FrontendArgs {
             dockerfile,
             options,
             ignore,
+            context: self.path.clone(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch. Users come from `docker buildx build`, so flags follow it.
 
 use crate::check::{self, CheckArgs};
+use crate::commands::build::{self, BuildArgs};
 use crate::commands::images::{self, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
 use crate::commands::run::{self, RunArgs};
 use anyhow::{Context, Result};
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile.
+    Build(BuildArgs),
     /// Check a Dockerfile: parse, validate and run the lint checks, without building.
     Check(CheckArgs),
     /// Tools for looking inside imgb.
@@ -63,6 +66,7 @@ enum DebugCommand {
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Build(args) => build::run(cli.root, &args),
         Command::Check(args) => check::run(&args),
         Command::Debug(DebugCommand::DumpAst { file }) => dump_ast(&file),
         Command::Load(args) => images::load(cli.root, &args),

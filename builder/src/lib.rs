@@ -15,6 +15,8 @@
 //! ([`layered`]).
 
 pub mod context;
+pub mod execute;
+pub mod file_ops;
 pub mod graph;
 pub mod ignore;
 pub mod layered;

@@ -1,4 +1,6 @@
 //! Subcommands that work on the state directory, one module per group.
 
+pub mod build;
 pub mod images;
+pub mod progress;
 pub mod run;

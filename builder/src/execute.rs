@@ -1,0 +1,392 @@
+//! The executor that runs a build for real: image sources from the store, file operations into
+//! new layers, and exec steps in the runner's ephemeral containers. The scheduler
+//! ([`crate::solve`]) decides what runs; this module only does it.
+//!
+//! Invariants:
+//! - Every layer a result names is in the store before the result is returned (the scheduler
+//!   writes the record next).
+//! - Secrets are handed to the runner as files from a private temp dir by id; their values
+//!   never reach a vertex, a key, a record or a layer.
+//! - Temp directories live in the store's `tmp/` and are removed whatever happens.
+
+use crate::context::HashedContext;
+use crate::context::PathFilter;
+use crate::file_ops::{SourceRoot, apply_file_actions};
+use crate::graph::{ExecMount, FileAction, Network, Op};
+use crate::ignore::IgnoreRules;
+use crate::layered::LayeredView;
+use crate::solve::{
+    ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, OutputStream, Solved, SolvedInput,
+};
+use imgb_cache::oci::Descriptor;
+use imgb_cache::{Digest, LayerChanges, LayerOptions, Store, write_layer};
+use imgb_runner::{CommitTo, Mount, MountKind, RunSpec, RunStatus, Runner};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A secret given on the command line (`--secret id=..,src=..|env=..`), by value.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Runs build steps against a store.
+#[derive(Debug, Clone)]
+pub struct StoreExecutor {
+    pub store: Store,
+    /// The hashed build context, when the build has one.
+    pub context: Option<Arc<HashedContext>>,
+    pub runner: Runner,
+    pub layer_options: LayerOptions,
+    pub secrets: Arc<BTreeMap<String, Secret>>,
+}
+
+fn failed(error: impl std::fmt::Display) -> ExecError {
+    ExecError::failed(error.to_string())
+}
+
+impl StoreExecutor {
+    /// The snapshot directories of a filesystem, bottom first (made from the blobs if needed).
+    fn snapshots(&self, filesystem: &Filesystem) -> Result<Vec<PathBuf>, ExecError> {
+        filesystem
+            .layers
+            .iter()
+            .map(|layer| {
+                self.store
+                    .ensure_snapshot(&layer.blob, &layer.diff_id)
+                    .map_err(failed)
+            })
+            .collect()
+    }
+
+    fn input_filesystem(
+        inputs: &[SolvedInput],
+        index: usize,
+    ) -> Result<&Filesystem, ExecError> {
+        inputs
+            .get(index)
+            .and_then(|input| input.result.filesystem())
+            .ok_or_else(|| failed(format!("input {index} is not a filesystem")))
+    }
+
+    fn resolve_image(&self, reference: &str) -> Result<Solved, ExecError> {
+        let (_, image) = self.store.find_image(reference).map_err(|error| {
+            failed(format!(
+                "{error} (imgb builds offline from its store: `imgb load` the image first)"
+            ))
+        })?;
+        let layers = image
+            .layers_with_diff_ids()
+            .map(|(blob, diff_id)| LayerRef {
+                diff_id: diff_id.clone(),
+                blob: blob.clone(),
+            })
+            .collect();
+        let origin = ImageOrigin {
+            manifest: image.descriptor.digest.clone(),
+            config: image.manifest.config.digest.clone(),
+        };
+        Ok(Solved::Filesystem(Filesystem {
+            layers,
+            image: Some(origin),
+        }))
+    }
+
+    fn file_op(&self, inputs: &[SolvedInput], actions: &[FileAction]) -> Result<Solved, ExecError> {
+        let base = Self::input_filesystem(inputs, 0)?.clone();
+        let base_view = LayeredView::new(self.snapshots(&base)?);
+        let mut roots: Vec<Option<SourceRoot<'_>>> = vec![None];
+        for input in inputs.iter().skip(1) {
+            roots.push(Some(match &*input.result {
+                Solved::Context => SourceRoot::Context(
+                    self.context
+                        .as_deref()
+                        .ok_or_else(|| failed("the build has no context"))?,
+                ),
+                Solved::Filesystem(filesystem) => {
+                    SourceRoot::View(LayeredView::new(self.snapshots(filesystem)?))
+                }
+            }));
+        }
+        let upper = tempfile::Builder::new()
+            .prefix("fileop-")
+            .tempdir_in(self.store.tmp_dir())
+            .map_err(failed)?;
+        apply_file_actions(actions, &base_view, &roots, upper.path()).map_err(failed)?;
+        let layer = write_layer(
+            &self.store,
+            upper.path(),
+            &LayerChanges::default(),
+            &self.layer_options,
+        )
+        .map_err(failed)?;
+        let blob = Descriptor::new(layer.media_type, layer.blob.digest.clone(), layer.blob.size);
+        Ok(Solved::Filesystem(base.with_layer(LayerRef {
+            diff_id: layer.diff_id,
+            blob,
+        })))
+    }
+
+    async fn exec(&self, job: &Job, exec: &crate::graph::ExecOp) -> Result<Solved, ExecError> {
+        let base = Self::input_filesystem(&job.inputs, 0)?.clone();
+        let mut spec = RunSpec::new(self.snapshots(&base)?, exec.argv.clone());
+        spec.env = exec.env.clone();
+        spec.cwd = exec.cwd.clone();
+        spec.user = exec.user.clone();
+        spec.network = match exec.network {
+            Network::None => imgb_runner::Network::None,
+            Network::Host | Network::Default => imgb_runner::Network::DEFAULT,
+        };
+        let secrets_dir = tempfile::Builder::new()
+            .prefix("secrets-")
+            .tempdir_in(self.store.tmp_dir())
+            .map_err(failed)?;
+        for mount in &exec.mounts {
+            spec.mounts
+                .push(self.mount(job, mount, &secrets_dir, &mut spec.env)?);
+        }
+        spec.commit = Some(CommitTo {
+            store: self.store.clone(),
+            compression: self.layer_options.compression,
+            source_date_epoch: self.layer_options.source_date_epoch,
+        });
+        let (sender, mut lines) = tokio::sync::mpsc::channel(256);
+        let run = self.runner.run(&spec, sender, job.cancel.cancelled());
+        let forward = async {
+            while let Some(line) = lines.recv().await {
+                let stream = match line.stream {
+                    imgb_runner::OutputStream::Stdout => OutputStream::Stdout,
+                    imgb_runner::OutputStream::Stderr => OutputStream::Stderr,
+                };
+                job.output(
+                    stream,
+                    String::from_utf8_lossy(&line.line)
+                        .trim_end_matches('\n')
+                        .to_string(),
+                );
+            }
+        };
+        let (outcome, ()) = tokio::join!(run, forward);
+        if job.cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
+        let outcome = outcome.map_err(failed)?;
+        if !outcome.status.success() {
+            let how = match outcome.status {
+                RunStatus::Exited(code) => format!("exit code: {code}"),
+                RunStatus::Signaled(signal) => format!("killed by signal {signal}"),
+                RunStatus::TimedOut => "timed out".to_string(),
+                RunStatus::Cancelled => return Err(ExecError::Cancelled),
+            };
+            return Err(failed(format!(
+                "process \"{}\" did not complete successfully: {how}",
+                exec.argv.join(" ")
+            )));
+        }
+        let layer = outcome
+            .layer
+            .ok_or_else(|| failed("the step produced no layer"))?;
+        let blob = Descriptor::new(layer.media_type, layer.blob.digest.clone(), layer.blob.size);
+        Ok(Solved::Filesystem(base.with_layer(LayerRef {
+            diff_id: layer.diff_id,
+            blob,
+        })))
+    }
+
+    fn mount(
+        &self,
+        job: &Job,
+        mount: &ExecMount,
+        secrets_dir: &tempfile::TempDir,
+        env: &mut Vec<String>,
+    ) -> Result<Mount, ExecError> {
+        Ok(match mount {
+            ExecMount::Tmpfs { target, size } => Mount {
+                target: target.clone(),
+                kind: MountKind::Tmpfs { size_bytes: *size },
+            },
+            ExecMount::Cache { target, id, .. } => {
+                let dir = self
+                    .store
+                    .root()
+                    .join("mounts")
+                    .join(Digest::of(id.as_bytes()).hex());
+                std::fs::create_dir_all(&dir).map_err(failed)?;
+                Mount {
+                    target: target.clone(),
+                    kind: MountKind::Persistent { source: dir },
+                }
+            }
+            ExecMount::Secret {
+                target,
+                id,
+                required,
+                env: as_env,
+                ..
+            } => {
+                let Some(secret) = self.secrets.get(id) else {
+                    if *required {
+                        return Err(failed(format!(
+                            "secret {id} is required but was not given (--secret id={id},src=...)"
+                        )));
+                    }
+                    return Ok(Mount {
+                        target: target.clone(),
+                        kind: MountKind::Tmpfs {
+                            size_bytes: Some(0),
+                        },
+                    });
+                };
+                if let Some(name) = as_env {
+                    let name = if name.is_empty() {
+                        id.clone()
+                    } else {
+                        name.clone()
+                    };
+                    env.push(format!("{name}={}", String::from_utf8_lossy(&secret.0)));
+                }
+                let file = secrets_dir.path().join(Digest::of(id.as_bytes()).hex());
+                std::fs::write(&file, &secret.0).map_err(failed)?;
+                let target = if target.is_empty() {
+                    format!("/run/secrets/{id}")
+                } else {
+                    target.clone()
+                };
+                Mount {
+                    target,
+                    kind: MountKind::Bind {
+                        source: file,
+                        read_only: true,
+                    },
+                }
+            }
+            ExecMount::Bind {
+                target,
+                input,
+                source,
+                readonly,
+            } => {
+                let solved = job
+                    .inputs
+                    .get(*input)
+                    .ok_or_else(|| failed(format!("bind mount input {input} missing")))?;
+                let host = match &*solved.result {
+                    Solved::Context => {
+                        let context = self
+                            .context
+                            .as_deref()
+                            .ok_or_else(|| failed("the build has no context"))?;
+                        context.root().join(source.trim_start_matches('/'))
+                    }
+                    Solved::Filesystem(filesystem) => {
+                        let view = LayeredView::new(self.snapshots(filesystem)?);
+                        let entry =
+                            view.lookup(source, true).map_err(failed)?.ok_or_else(|| {
+                                failed(format!("{source}: not found in the mounted stage"))
+                            })?;
+                        entry.host_path
+                    }
+                };
+                Mount {
+                    target: target.clone(),
+                    kind: MountKind::Bind {
+                        source: host,
+                        read_only: *readonly,
+                    },
+                }
+            }
+            ExecMount::Ssh { id, .. } => {
+                return Err(failed(format!(
+                    "ssh mount {id}: SSH agent forwarding is not supported yet"
+                )));
+            }
+        })
+    }
+}
+
+impl Executor for StoreExecutor {
+    async fn execute(&self, job: &Job) -> Result<Solved, ExecError> {
+        match &job.vertex.op {
+            Op::Image { reference, .. } => self.resolve_image(reference),
+            Op::File { actions } => {
+                let this = self.clone();
+                let actions = actions.clone();
+                let inputs = job.inputs.clone();
+                tokio::task::spawn_blocking(move || this.file_op(&inputs, &actions))
+                    .await
+                    .map_err(failed)?
+            }
+            Op::Exec(exec) => self.exec(job, exec).await,
+            Op::Http(http) => Err(failed(format!(
+                "ADD {}: downloads are not supported yet (imgb builds offline)",
+                http.url
+            ))),
+            Op::Scratch => Ok(Solved::scratch()),
+            Op::Context => Ok(Solved::Context),
+        }
+    }
+
+    async fn select_context(&self, job: &Job) -> Result<Digest, ExecError> {
+        let context = self
+            .context
+            .as_deref()
+            .ok_or_else(|| failed("the build has no context"))?;
+        let reads_context = |input: usize| {
+            job.inputs
+                .get(input)
+                .is_some_and(|i| matches!(*i.result, Solved::Context))
+        };
+        let mut digests = Vec::new();
+        match &job.vertex.op {
+            Op::File { actions } => {
+                for action in actions {
+                    if let FileAction::Copy {
+                        input,
+                        sources,
+                        exclude,
+                        ..
+                    } = action
+                        && reads_context(*input)
+                    {
+                        let rules = IgnoreRules::from_patterns(exclude).map_err(failed)?;
+                        let filter = (!exclude.is_empty()).then_some(&rules as &dyn PathFilter);
+                        digests.push(
+                            context
+                                .select(sources, filter)
+                                .map_err(failed)?
+                                .digest
+                                .hex(),
+                        );
+                    }
+                }
+            }
+            Op::Exec(exec) => {
+                for mount in &exec.mounts {
+                    if let ExecMount::Bind { input, source, .. } = mount
+                        && reads_context(*input)
+                    {
+                        let source = if source.is_empty() {
+                            "."
+                        } else {
+                            source.as_str()
+                        };
+                        digests.push(
+                            context
+                                .select(&[source], None)
+                                .map_err(failed)?
+                                .digest
+                                .hex(),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(Digest::of(digests.join("\n").as_bytes()))
+    }
+}

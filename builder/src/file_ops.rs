@@ -1,0 +1,674 @@
+//! File operations (COPY, ADD of local files, heredoc writes, WORKDIR) applied into an empty
+//! "upper" directory that then becomes the step's layer: only what the step writes, with the
+//! parent directories it needs, exactly as BuildKit's file ops produce them.
+//!
+//! BuildKit's COPY rules: a directory source copies its contents; several sources (or a
+//! wildcard) need a destination ending in `/`; a file source lands at the destination, or inside
+//! it when the destination ends in `/` or is an existing directory; `--parents` keeps each
+//! source's path; files from the build context become `0:0` unless `--chown` says otherwise,
+//! files from another stage keep their owners; `--chmod` applies to everything copied.
+//!
+//! Invariants:
+//! - Destination paths resolve through the base filesystem's symlinks *inside* the base (via
+//!   [`LayeredView`]), as a RUN would see them; nothing is ever written outside `upper`.
+//! - Sources are read from the context through its hashed selection (so what is copied is what
+//!   the cache key covered) or from another stage's view; symlinks inside copied directories are
+//!   copied as links, never followed.
+
+use crate::context::{ContextError, EntryKind, HashedContext, PathFilter, Selection};
+use crate::graph::{FileAction, Owner};
+use crate::ignore::IgnoreRules;
+use crate::layered::{LayeredView, ViewEntry, ViewError};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileOpError {
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error("{source_path}: not found in {origin}")]
+    NotFound {
+        source_path: String,
+        origin: &'static str,
+    },
+    #[error(
+        "when using COPY with more than one source file, the destination must be a directory and end with a /"
+    )]
+    DestinationNotDirectory,
+    #[error("{path}: wildcards in sources from another stage or image are not supported yet")]
+    WildcardFromStage { path: String },
+    #[error("--chown {owner}: no such {what} in the image's /etc/{file}")]
+    UnknownOwner {
+        owner: String,
+        what: &'static str,
+        file: &'static str,
+    },
+    #[error("--chmod {mode}: {reason}")]
+    Mode { mode: String, reason: String },
+    #[error("invalid --exclude pattern: {0}")]
+    Exclude(String),
+    #[error("the step reads input {0}, which it was not given")]
+    MissingInput(usize),
+    #[error("{op} {path}: {source}", path = path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileOpError + 'a {
+    move |source| FileOpError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a COPY reads from.
+#[derive(Debug)]
+pub enum SourceRoot<'a> {
+    /// The build context, already hashed.
+    Context(&'a HashedContext),
+    /// Another stage's or an image's filesystem.
+    View(LayeredView),
+}
+
+/// Applies `actions` to `upper`; `inputs[0]` is the base filesystem (its view resolves
+/// destinations and owner names), `inputs[n]` what a copy with `input: n` reads.
+pub fn apply_file_actions(
+    actions: &[FileAction],
+    base: &LayeredView,
+    inputs: &[Option<SourceRoot<'_>>],
+    upper: &Path,
+) -> Result<(), FileOpError> {
+    let writer = Writer { base, upper };
+    for action in actions {
+        match action {
+            FileAction::Mkdir { path, mode, owner } => {
+                let ids = owner
+                    .as_ref()
+                    .map(|owner| resolve_owner(base, owner))
+                    .transpose()?;
+                let target = writer.prepare_parents(path, ids)?;
+                writer.make_dir(&target, *mode, ids)?;
+            }
+            FileAction::Write {
+                path,
+                data,
+                mode,
+                owner,
+            } => {
+                let ids = owner
+                    .as_ref()
+                    .map(|owner| resolve_owner(base, owner))
+                    .transpose()?;
+                let target = writer.prepare_parents(path, ids)?;
+                fs::write(&target, data).map_err(io_error("write", &target))?;
+                set_mode_and_owner(&target, *mode, ids.unwrap_or((0, 0)))?;
+            }
+            FileAction::Copy {
+                input,
+                sources,
+                dest,
+                owner,
+                mode,
+                parents,
+                exclude,
+                ..
+            } => {
+                let root = inputs
+                    .get(*input)
+                    .and_then(Option::as_ref)
+                    .ok_or(FileOpError::MissingInput(*input))?;
+                let ids = owner
+                    .as_ref()
+                    .map(|owner| resolve_owner(base, owner))
+                    .transpose()?;
+                let mode = mode.as_deref().map(parse_mode).transpose()?;
+                let exclude = (!exclude.is_empty())
+                    .then(|| {
+                        IgnoreRules::from_patterns(exclude)
+                            .map_err(|error| FileOpError::Exclude(error.to_string()))
+                    })
+                    .transpose()?;
+                let copy = CopySpec {
+                    dest,
+                    ids,
+                    mode,
+                    parents: *parents,
+                };
+                match root {
+                    SourceRoot::Context(context) => {
+                        let filter = exclude.as_ref().map(|rules| rules as &dyn PathFilter);
+                        let selection = context.select(sources, filter)?;
+                        writer.copy_from_context(context, &selection, &copy)?;
+                    }
+                    SourceRoot::View(view) => writer.copy_from_view(view, sources, &copy)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl PathFilter for IgnoreRules {
+    fn excluded(&self, rel: &str, _is_dir: bool) -> bool {
+        self.is_excluded(rel)
+    }
+
+    fn may_include_below(&self, dir: &str) -> bool {
+        self.may_reinclude_below(dir)
+    }
+}
+
+/// A parsed `--chmod`: octal bits, or symbolic clauses applied to each file's mode.
+#[derive(Debug, Clone)]
+enum ModeChange {
+    Octal(u32),
+    Symbolic(Vec<(u32, char, u32)>),
+}
+
+impl ModeChange {
+    fn apply(&self, current: u32, is_dir: bool) -> u32 {
+        match self {
+            ModeChange::Octal(bits) => *bits,
+            ModeChange::Symbolic(clauses) => {
+                clauses
+                    .iter()
+                    .fold(current & 0o7777, |mode, &(who, op, perms)| {
+                        // `X` sets execute only on directories or files already executable by someone.
+                        let perms = if perms & 0o1000_0000 != 0 {
+                            let exec = if is_dir || current & 0o111 != 0 {
+                                0o111
+                            } else {
+                                0
+                            };
+                            (perms & 0o7777) | exec
+                        } else {
+                            perms
+                        };
+                        let bits = perms & who;
+                        match op {
+                            '+' => mode | bits,
+                            '-' => mode & !bits,
+                            _ => (mode & !who) | bits,
+                        }
+                    })
+            }
+        }
+    }
+}
+
+fn parse_mode(text: &str) -> Result<ModeChange, FileOpError> {
+    let invalid = |reason: &str| FileOpError::Mode {
+        mode: text.to_string(),
+        reason: reason.to_string(),
+    };
+    if text.chars().all(|c| c.is_digit(8)) {
+        return u32::from_str_radix(text, 8)
+            .map(ModeChange::Octal)
+            .map_err(|_| invalid("not an octal mode"));
+    }
+    let mut clauses = Vec::new();
+    for clause in text.split(',') {
+        let op_at = clause
+            .find(['+', '-', '='])
+            .ok_or_else(|| invalid("expected [ugoa]*[+-=][rwxXst]*"))?;
+        let (who_text, rest) = clause.split_at(op_at);
+        let mut who = 0;
+        for c in who_text.chars() {
+            who |= match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                'a' => 0o7777,
+                _ => return Err(invalid("who must be u, g, o or a")),
+            };
+        }
+        if who == 0 {
+            who = 0o7777;
+        }
+        let op = rest.chars().next().unwrap_or('=');
+        let mut perms = 0;
+        for c in rest[1..].chars() {
+            perms |= match c {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' => 0o1000_0000,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => return Err(invalid("permissions must be among r, w, x, X, s, t")),
+            };
+        }
+        clauses.push((who, op, perms));
+    }
+    Ok(ModeChange::Symbolic(clauses))
+}
+
+struct CopySpec<'a> {
+    dest: &'a str,
+    ids: Option<(u32, u32)>,
+    mode: Option<ModeChange>,
+    parents: bool,
+}
+
+struct Writer<'a> {
+    base: &'a LayeredView,
+    upper: &'a Path,
+}
+
+/// A file or directory about to be copied: where to read it and what it is.
+struct Item {
+    host: PathBuf,
+    kind: EntryKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Writer<'_> {
+    /// Resolves the parent of `path` through the base's symlinks, creates it in `upper` (with
+    /// the base's metadata for directories that exist there) and returns the host path `path`
+    /// itself lands at.
+    fn prepare_parents(
+        &self,
+        path: &str,
+        created_owner: Option<(u32, u32)>,
+    ) -> Result<PathBuf, FileOpError> {
+        let trimmed = path.trim_end_matches('/');
+        let (parent, name) = match trimmed.rsplit_once('/') {
+            Some((parent, name)) => (parent, name),
+            None => ("", trimmed),
+        };
+        let resolved_parent = self.resolve_dir(parent)?;
+        let mut host = self.upper.to_path_buf();
+        let mut inside = String::new();
+        for component in resolved_parent.split('/').filter(|c| !c.is_empty()) {
+            inside.push('/');
+            inside.push_str(component);
+            host.push(component);
+            if fs::symlink_metadata(&host).is_ok() {
+                continue;
+            }
+            match self.base.lookup(&inside, false)? {
+                Some(entry) if entry.is_dir() => {
+                    let meta = &entry.metadata;
+                    fs::create_dir(&host).map_err(io_error("create directory", &host))?;
+                    set_mode_and_owner(&host, meta.mode() & 0o7777, (meta.uid(), meta.gid()))?;
+                    set_mtime(&host, meta.mtime(), meta.mtime_nsec())?;
+                }
+                _ => {
+                    fs::create_dir(&host).map_err(io_error("create directory", &host))?;
+                    set_mode_and_owner(&host, 0o755, created_owner.unwrap_or((0, 0)))?;
+                }
+            }
+        }
+        Ok(if name.is_empty() {
+            host
+        } else {
+            host.join(name)
+        })
+    }
+
+    /// The path of directory `dir` inside the base with every symlink resolved; components
+    /// that do not exist yet are kept as written.
+    fn resolve_dir(&self, dir: &str) -> Result<String, FileOpError> {
+        let mut resolved = String::new();
+        let mut components = dir
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .peekable();
+        while let Some(component) = components.next() {
+            let candidate = format!("{resolved}/{component}");
+            match self.base.lookup(&candidate, true)? {
+                Some(entry) if entry.is_dir() => resolved = entry.path,
+                _ => {
+                    resolved = candidate;
+                    for rest in components.by_ref() {
+                        resolved.push('/');
+                        resolved.push_str(rest);
+                    }
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    fn make_dir(&self, host: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<(), FileOpError> {
+        if !host.is_dir() {
+            fs::create_dir(host).map_err(io_error("create directory", host))?;
+        }
+        set_mode_and_owner(host, mode, ids.unwrap_or((0, 0)))
+    }
+
+    /// True when `dest` names a directory: a trailing `/`, or a directory in the base.
+    fn dest_is_dir(&self, dest: &str) -> Result<bool, FileOpError> {
+        if dest.ends_with('/') {
+            return Ok(true);
+        }
+        Ok(matches!(self.base.lookup(dest, true)?, Some(entry) if entry.is_dir()))
+    }
+
+    fn copy_from_context(
+        &self,
+        context: &HashedContext,
+        selection: &Selection<'_>,
+        copy: &CopySpec<'_>,
+    ) -> Result<(), FileOpError> {
+        let several = selection.sources.len() > 1;
+        let dest_is_dir = self.dest_is_dir(copy.dest)?;
+        if several && !dest_is_dir {
+            return Err(FileOpError::DestinationNotDirectory);
+        }
+        let item = |entry: &crate::context::Entry| Item {
+            host: context.root().join(&entry.path),
+            kind: entry.kind.clone(),
+            mode: entry.mode,
+            // Context files belong to root in the image unless --chown says otherwise.
+            uid: 0,
+            gid: 0,
+        };
+        for selected in &selection.sources {
+            let entry = selected.entry;
+            let target_path = self.target_path(copy, &selected.path, entry.is_dir(), dest_is_dir);
+            let target = self.prepare_parents(&target_path, copy.ids)?;
+            if entry.is_dir() {
+                self.copy_item(&item(entry), &target, copy)?;
+                for inner in &selected.contents {
+                    let rel = selected.relative_path(inner);
+                    if rel.is_empty() {
+                        continue;
+                    }
+                    self.copy_item(&item(inner), &target.join(rel), copy)?;
+                }
+                // Children change their parents' mtimes: restore directories deepest first.
+                for inner in selected
+                    .contents
+                    .iter()
+                    .rev()
+                    .filter(|inner| inner.is_dir())
+                {
+                    let rel = selected.relative_path(inner);
+                    restore_dir_mtime(&context.root().join(&inner.path), &target.join(rel))?;
+                }
+                restore_dir_mtime(&context.root().join(&entry.path), &target)?;
+            } else {
+                self.copy_item(&item(entry), &target, copy)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_from_view(
+        &self,
+        view: &LayeredView,
+        sources: &[String],
+        copy: &CopySpec<'_>,
+    ) -> Result<(), FileOpError> {
+        let mut found: Vec<(String, ViewEntry)> = Vec::new();
+        for source in sources {
+            if source.contains(['*', '?', '[']) {
+                return Err(FileOpError::WildcardFromStage {
+                    path: source.clone(),
+                });
+            }
+            let entry = view
+                .lookup(source, true)?
+                .ok_or_else(|| FileOpError::NotFound {
+                    source_path: source.clone(),
+                    origin: "the source stage",
+                })?;
+            found.push((source.trim_end_matches('/').to_string(), entry));
+        }
+        let dest_is_dir = self.dest_is_dir(copy.dest)?;
+        if found.len() > 1 && !dest_is_dir {
+            return Err(FileOpError::DestinationNotDirectory);
+        }
+        for (path, entry) in found {
+            let target_path = self.target_path(copy, &path, entry.is_dir(), dest_is_dir);
+            let target = self.prepare_parents(&target_path, copy.ids)?;
+            self.copy_view_tree(view, &entry, &target, copy)?;
+        }
+        Ok(())
+    }
+
+    fn copy_view_tree(
+        &self,
+        view: &LayeredView,
+        entry: &ViewEntry,
+        target: &Path,
+        copy: &CopySpec<'_>,
+    ) -> Result<(), FileOpError> {
+        let meta = &entry.metadata;
+        let kind = if entry.is_dir() {
+            EntryKind::Dir
+        } else if entry.is_symlink() {
+            let link =
+                fs::read_link(&entry.host_path).map_err(io_error("readlink", &entry.host_path))?;
+            EntryKind::Symlink {
+                target: link.to_string_lossy().into_owned(),
+            }
+        } else if meta.is_file() {
+            EntryKind::File
+        } else {
+            EntryKind::Other {
+                type_bits: meta.mode() & 0o170000,
+                rdev: meta.rdev(),
+            }
+        };
+        let item = Item {
+            host: entry.host_path.clone(),
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        };
+        self.copy_item(&item, target, copy)?;
+        if entry.is_dir() {
+            for child in view.read_dir(entry)? {
+                let name = child
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                self.copy_view_tree(view, &child, &target.join(name), copy)?;
+            }
+            set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
+        }
+        Ok(())
+    }
+
+    /// Where a matched source lands, as a path inside the image.
+    fn target_path(
+        &self,
+        copy: &CopySpec<'_>,
+        source_path: &str,
+        is_dir: bool,
+        dest_is_dir: bool,
+    ) -> String {
+        let dest = copy.dest.trim_end_matches('/');
+        let source = source_path.trim_start_matches('/');
+        if copy.parents {
+            return format!("{dest}/{source}");
+        }
+        if is_dir {
+            return dest.to_string();
+        }
+        if dest_is_dir {
+            let name = source.rsplit('/').next().unwrap_or(source);
+            return format!("{dest}/{name}");
+        }
+        dest.to_string()
+    }
+
+    /// Copies one file, link or directory entry (not its children) to `target` in `upper`.
+    fn copy_item(
+        &self,
+        item: &Item,
+        target: &Path,
+        copy: &CopySpec<'_>,
+    ) -> Result<(), FileOpError> {
+        if let Some(parent) = target.parent()
+            && !parent.exists()
+        {
+            fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
+        }
+        let owner = copy.ids.unwrap_or((item.uid, item.gid));
+        let meta = fs::symlink_metadata(&item.host).map_err(io_error("stat", &item.host))?;
+        match &item.kind {
+            EntryKind::Dir => {
+                if !target.is_dir() {
+                    fs::create_dir(target).map_err(io_error("create directory", target))?;
+                }
+                let mode = copy
+                    .mode
+                    .as_ref()
+                    .map_or(item.mode, |change| change.apply(item.mode, true));
+                set_mode_and_owner(target, mode, owner)?;
+            }
+            EntryKind::File => {
+                remove_existing(target)?;
+                fs::copy(&item.host, target).map_err(io_error("copy", &item.host))?;
+                let mode = copy
+                    .mode
+                    .as_ref()
+                    .map_or(item.mode, |change| change.apply(item.mode, false));
+                set_mode_and_owner(target, mode, owner)?;
+                set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
+            }
+            EntryKind::Symlink { target: link } => {
+                remove_existing(target)?;
+                symlink(link, target).map_err(io_error("create symlink", target))?;
+                rustix::fs::chownat(
+                    rustix::fs::CWD,
+                    target,
+                    Some(rustix::fs::Uid::from_raw(owner.0)),
+                    Some(rustix::fs::Gid::from_raw(owner.1)),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|errno| FileOpError::Io {
+                    op: "chown",
+                    path: target.to_path_buf(),
+                    source: errno.into(),
+                })?;
+            }
+            EntryKind::Other { .. } => {
+                // Device nodes, fifos and sockets are not copied (BuildKit skips sockets; the
+                // rest need privileges a build context should not grant).
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_existing(target: &Path) -> Result<(), FileOpError> {
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => {
+            fs::remove_dir_all(target).map_err(io_error("replace directory", target))
+        }
+        Ok(_) => fs::remove_file(target).map_err(io_error("replace file", target)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn restore_dir_mtime(source: &Path, target: &Path) -> Result<(), FileOpError> {
+    let meta = fs::symlink_metadata(source).map_err(io_error("stat", source))?;
+    set_mtime(target, meta.mtime(), meta.mtime_nsec())
+}
+
+fn set_mode_and_owner(path: &Path, mode: u32, (uid, gid): (u32, u32)) -> Result<(), FileOpError> {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|errno| FileOpError::Io {
+        op: "chown",
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })?;
+    // chmod after chown: chown clears setuid/setgid bits.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_error("chmod", path))
+}
+
+fn set_mtime(path: &Path, seconds: i64, nanos: i64) -> Result<(), FileOpError> {
+    let time = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: seconds,
+            tv_nsec: nanos as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: seconds,
+            tv_nsec: nanos as _,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &time,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|errno| FileOpError::Io {
+        op: "set mtime",
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })
+}
+
+/// `user[:group]` → numeric ids, names looked up in the base's `/etc/passwd` and `/etc/group`.
+/// A user without a group uses the user's id as the group id, as Docker documents.
+fn resolve_owner(base: &LayeredView, owner: &Owner) -> Result<(u32, u32), FileOpError> {
+    let uid = match owner.user.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => {
+            lookup_id(base, "passwd", &owner.user)?.ok_or_else(|| FileOpError::UnknownOwner {
+                owner: owner.user.clone(),
+                what: "user",
+                file: "passwd",
+            })?
+        }
+    };
+    let gid = match &owner.group {
+        None => uid,
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                lookup_id(base, "group", group)?.ok_or_else(|| FileOpError::UnknownOwner {
+                    owner: group.clone(),
+                    what: "group",
+                    file: "group",
+                })?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The id (third field) of `name` in the base's `/etc/<file>`.
+fn lookup_id(base: &LayeredView, file: &str, name: &str) -> Result<Option<u32>, FileOpError> {
+    let Some(entry) = base.lookup(&format!("/etc/{file}"), true)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    io::Read::read_to_string(&mut base.open(&entry)?, &mut text)
+        .map_err(io_error("read", &entry.host_path))?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1).and_then(|id| id.parse().ok()))
+            .flatten()
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! `imgb build`: Dockerfile → plan → graph → solve → image in the store, then the outputs.
+
+use crate::check::{FrontendArgs, LoadedDockerfile};
+use crate::commands::progress::{Progress, ProgressMode};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
+use imgb_builder::execute::{Secret, StoreExecutor};
+use imgb_builder::solve::{Cancel, RecordStore, SolveOptions, Solved, Solver};
+use imgb_cache::oci::Descriptor;
+use imgb_cache::{Compression, LayerOptions, OutputSpec, Reference, RootEnv, Store, export};
+use imgb_frontend::Diagnostic;
+use imgb_frontend::image::{created_time, from_oci, stage_config};
+use imgb_frontend::lower::lower;
+use imgb_frontend::plan::BuildPlan;
+use imgb_runner::{InitProgram, Runner};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub frontend: FrontendArgs,
+    /// Name the image (repeatable): `name[:tag]`.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// Export the result: `type=oci|docker|local|tar,dest=...` (repeatable).
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Do not use cached results.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// `auto` (plain unless stderr is a terminal), `tty`, `plain`, `rawjson` or `quiet`.
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub progress: ProgressMode,
+    /// Steps running at once (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Write the image ID (the config digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Write the image digest, config digest and names as JSON to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+}
+
+pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
+    let loaded = match args.frontend.load() {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let render = |diagnostic: Diagnostic| diagnostic.with_source(&loaded.name, &loaded.source);
+    let names = args
+        .tags
+        .iter()
+        .map(|tag| Reference::parse(tag).map_err(|error| anyhow!("-t {tag}: {error}")))
+        .collect::<Result<Vec<_>>>()?;
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|spec| OutputSpec::parse(spec).map_err(|error| anyhow!("-o {spec}: {error}")))
+        .collect::<Result<Vec<_>>>()?;
+    let secrets = parse_secrets(&args.secrets)?;
+    let root = RootEnv::from_process(root).resolve()?;
+    let store = Store::open(&root)
+        .with_context(|| format!("opening the state directory {}", root.display()))?;
+
+    let plan = match BuildPlan::new(&loaded.dockerfile, &loaded.options) {
+        Ok(plan) => plan,
+        Err(diagnostic) => return Ok(fail(&render(diagnostic))),
+    };
+    let mut resolve = |reference: &str, _: &imgb_frontend::platform::Platform| match store
+        .find_image(reference)
+    {
+        Ok((_, image)) => Ok(from_oci(&image.config)),
+        Err(error) => Err(
+            Diagnostic::error(format!("base image {reference}: {error}")).with_hint(
+                "imgb builds from its store: `imgb load -i IMAGE.tar` the base image first",
+            ),
+        ),
+    };
+    let mut lowered = match lower(&loaded.dockerfile, &plan, &loaded.options, &mut resolve) {
+        Ok(lowered) => lowered,
+        Err(diagnostic) => return Ok(fail(&render(diagnostic))),
+    };
+    for warning in lowered
+        .warnings
+        .iter()
+        .filter(|w| w.rule != Some("UndefinedVar"))
+    {
+        eprintln!("{}", render(warning.clone()));
+    }
+    if args.no_cache {
+        let ids: Vec<_> = lowered.graph.vertices().map(|(id, _)| id).collect();
+        for id in ids {
+            lowered.graph.ignore_cache(id);
+        }
+    }
+
+    let context = hash_build_context(&store, &loaded)?;
+    let source_date_epoch = source_date_epoch(&loaded.options.build_args)?;
+    let layer_options = LayerOptions {
+        compression: Compression::Gzip { level: 6 },
+        source_date_epoch,
+        threads: 0,
+    };
+    let executor = StoreExecutor {
+        store: store.clone(),
+        context: Some(Arc::new(context)),
+        runner: Runner::new(store.tmp_dir(), InitProgram::this_binary("__init")),
+        layer_options,
+        secrets: Arc::new(secrets),
+    };
+    let settings: BTreeMap<String, String> = source_date_epoch
+        .map(|epoch| ("SOURCE_DATE_EPOCH".to_string(), epoch.to_string()))
+        .into_iter()
+        .collect();
+    let options = SolveOptions {
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        scope: loaded.name.clone(),
+        settings,
+    };
+    let target = lowered.target_stage();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let solver = Solver::new(Arc::new(executor), RecordStore::new(store.clone()), options)
+        .with_progress(sender);
+    let cancel = Cancel::new();
+    let progress = Progress::new(args.progress);
+    let outcome = runtime.block_on(async {
+        let renderer = tokio::spawn(progress.render(receiver));
+        let ctrl_c = cancel.clone();
+        let watcher = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                ctrl_c.cancel();
+            }
+        });
+        let result = solver.solve(&lowered.graph, &[target.root], &cancel).await;
+        drop(solver);
+        watcher.abort();
+        let summary = renderer.await.unwrap_or_default();
+        (result, summary)
+    });
+    let (solution, summary) = outcome;
+    let solution = match solution {
+        Ok(solution) => solution,
+        Err(error) => {
+            eprintln!("error: {error}");
+            if let imgb_builder::solve::SolveError::Vertex { name, .. } = &error
+                && let Some(excerpt) = step_excerpt(&loaded, name)
+            {
+                eprintln!("{excerpt}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let solved = solution
+        .get(target.root)
+        .map(|vertex| vertex.result.clone())
+        .ok_or_else(|| anyhow!("the target was not solved"))?;
+    let Solved::Filesystem(filesystem) = &*solved else {
+        bail!("the target stage is not a filesystem")
+    };
+
+    let base_config = target
+        .base_image
+        .as_deref()
+        .map(|reference| store.find_image(reference).map(|(_, image)| image.config))
+        .transpose()?;
+    let diff_ids = filesystem
+        .layers
+        .iter()
+        .map(|layer| layer.diff_id.clone())
+        .collect();
+    let config = stage_config(
+        base_config.as_ref(),
+        target,
+        diff_ids,
+        &created_time(source_date_epoch),
+    );
+    let layers: Vec<Descriptor> = filesystem
+        .layers
+        .iter()
+        .map(|layer| layer.blob.clone())
+        .collect();
+    let image = store.write_image(&config, layers)?;
+    for name in &names {
+        store.tag_image(&name.to_string(), &image.descriptor.digest)?;
+    }
+    for spec in &outputs {
+        export(&store, &image, &names, spec)
+            .with_context(|| format!("exporting to {:?}", spec.dest))?;
+    }
+    let image_id = image.manifest.config.digest.to_string();
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &image_id).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.digest": image.descriptor.digest.to_string(),
+            "containerimage.config.digest": image_id,
+            "image.name": names.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    progress.finish(&summary, &image_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fail(diagnostic: &Diagnostic) -> ExitCode {
+    eprintln!("{diagnostic}");
+    ExitCode::FAILURE
+}
+
+/// The Dockerfile lines of the step named `[stage n/m] INSTRUCTION`, for a failure report.
+fn step_excerpt(loaded: &LoadedDockerfile, vertex_name: &str) -> Option<String> {
+    let code = vertex_name.split_once("] ")?.1;
+    let node = loaded
+        .dockerfile
+        .ast
+        .nodes
+        .iter()
+        .find(|node| node.original.trim() == code)?;
+    Some(
+        Diagnostic::error(format!("the step failed: {code}"))
+            .at(node.span())
+            .with_source(&loaded.name, &loaded.source)
+            .to_string(),
+    )
+}
+
+/// Hashes the context with its `.dockerignore`, reusing the stat cache under `contexts/`.
+fn hash_build_context(
+    store: &Store,
+    loaded: &LoadedDockerfile,
+) -> Result<imgb_builder::context::HashedContext> {
+    let path = &loaded.context;
+    let cache_dir = store.root().join("contexts").join(context_cache_id(path)?);
+    let filter: &dyn PathFilter = match &loaded.ignore {
+        Some(rules) => rules,
+        None => &IncludeAll,
+    };
+    hash_context(path, filter, Some(&cache_dir))
+        .map_err(|error| anyhow!("build context {}: {error}", path.display()))
+}
+
+/// `SOURCE_DATE_EPOCH` from `--build-arg`, else the environment.
+fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<i64>> {
+    let value = build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
+    value
+        .filter(|text| !text.is_empty())
+        .map(|text| {
+            text.parse::<i64>()
+                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={text}: not a number of seconds"))
+        })
+        .transpose()
+}
+
+/// `--secret id=ID,src=FILE|env=VAR` (also `source=`, `type=file|env`).
+fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Secret>> {
+    let mut secrets = BTreeMap::new();
+    for spec in specs {
+        let mut id = None;
+        let mut file = None;
+        let mut env = None;
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("id", value)) => id = Some(value.to_string()),
+                Some(("src" | "source", value)) => file = Some(PathBuf::from(value)),
+                Some(("env", value)) => env = Some(value.to_string()),
+                Some(("type", "file" | "env")) => {}
+                _ => bail!("--secret {spec}: unknown field {field:?}; expected id=, src= or env="),
+            }
+        }
+        let id = id
+            .or_else(|| env.clone())
+            .ok_or_else(|| anyhow!("--secret {spec}: id= is required"))?;
+        let value = match (file, env) {
+            (Some(file), _) => std::fs::read(&file)
+                .with_context(|| format!("--secret {spec}: reading {}", file.display()))?,
+            (None, Some(var)) => std::env::var(&var)
+                .map_err(|_| anyhow!("--secret {spec}: ${var} is not set"))?
+                .into_bytes(),
+            (None, None) => std::env::var(&id)
+                .map_err(|_| anyhow!("--secret {spec}: give src=FILE or env=VAR"))?
+                .into_bytes(),
+        };
+        secrets.insert(id, Secret(value));
+    }
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_files_or_env_and_bad_fields_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret").unwrap();
+        let secrets = parse_secrets(&[format!("id=tok,src={}", file.display())]).unwrap();
+        assert_eq!(secrets["tok"].0, b"s3cret");
+        let error = parse_secrets(&["id=x,bogus=1".to_string()]).unwrap_err();
+        assert!(error.to_string().contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn source_date_epoch_must_be_a_number() {
+        let args = BTreeMap::from([("SOURCE_DATE_EPOCH".to_string(), "yesterday".to_string())]);
+        assert!(source_date_epoch(&args).is_err());
+        let args = BTreeMap::from([("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string())]);
+        assert_eq!(source_date_epoch(&args).unwrap(), Some(1_700_000_000));
+    }
+}

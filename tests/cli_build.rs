@@ -1,0 +1,151 @@
+//! `imgb build` end to end: real RUN steps on a busybox base made from Debian's busybox-static,
+//! the image run with `imgb run`, cache hits, reproducible digests, failing steps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `/bin/busybox` from busybox-static, or `None` (with a notice; a failure under CI).
+fn busybox() -> Option<PathBuf> {
+    let path = PathBuf::from("/bin/busybox");
+    let static_binary = std::fs::read(&path).is_ok_and(|bytes| !bytes.windows(10).any(|w| w == b"ld-linux-x"));
+    if static_binary {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("busybox-static is not installed (scripts/install-deps installs it)");
+    }
+    eprintln!("notice: a static /bin/busybox is missing; skipping (run scripts/install-deps)");
+    None
+}
+
+fn is_root() -> bool {
+    // Rootless builds work too, but these tests compare against root-owned fixtures.
+    std::fs::metadata("/proc/self").is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
+}
+
+fn imgb(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgb")).arg("--root").arg(root).args(args).output().expect("imgb runs")
+}
+
+/// A context holding the bundled example and the busybox binary.
+fn hello_context(dir: &Path, busybox: &Path) -> PathBuf {
+    let context = dir.join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/Dockerfile");
+    std::fs::copy(example, context.join("Dockerfile")).unwrap();
+    std::fs::copy(busybox, context.join("busybox")).unwrap();
+    context
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bundled_example_builds_runs_and_rebuilds_from_cache() {
+    let Some(busybox) = busybox() else { return };
+    if !is_root() {
+        eprintln!("notice: not root; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let context = hello_context(dir.path(), &busybox);
+    let context = context.to_str().unwrap();
+
+    let first = imgb(&root, &["build", "--progress", "plain", "-t", "hello:test", context]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let run = imgb(&root, &["run", "hello:test"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from imgb\n", "{}", stderr(&run));
+
+    let again = imgb(&root, &["build", "--progress", "rawjson", "-t", "hello:test", context]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let events = stderr(&again);
+    assert!(!events.contains("\"event\":\"started\""), "a step ran on a no-change rebuild:\n{events}");
+    assert_eq!(events.matches("\"event\":\"cached\"").count(), 3, "{events}");
+}
+
+#[test]
+fn changed_build_arg_reruns_only_the_steps_that_see_it_and_says_why() {
+    let Some(busybox) = busybox() else { return };
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let context = hello_context(dir.path(), &busybox);
+    let context = context.to_str().unwrap();
+    assert!(imgb(&root, &["build", context]).status.success());
+    let changed = imgb(&root, &["build", "--progress", "rawjson", "--build-arg", "GREETING=hi", context]);
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    let events = stderr(&changed);
+    assert_eq!(events.matches("\"event\":\"cached\"").count(), 2, "the base stage is reused:\n{events}");
+    assert_eq!(events.matches("\"event\":\"started\"").count(), 1, "{events}");
+    assert!(events.contains("instruction changed"), "the miss names its cause:\n{events}");
+}
+
+#[test]
+fn source_date_epoch_gives_identical_images_from_separate_roots_and_contexts() {
+    let Some(busybox) = busybox() else { return };
+    if !is_root() {
+        return;
+    }
+    let digests: Vec<String> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let context = hello_context(dir.path(), &busybox);
+            let metadata = dir.path().join("metadata.json");
+            let output = imgb(
+                &dir.path().join("root"),
+                &[
+                    "build",
+                    "--build-arg",
+                    "SOURCE_DATE_EPOCH=1700000000",
+                    "--metadata-file",
+                    metadata.to_str().unwrap(),
+                    context.to_str().unwrap(),
+                ],
+            );
+            assert!(output.status.success(), "{}", stderr(&output));
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+            json["containerimage.digest"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+}
+
+#[test]
+fn failing_run_reports_exit_code_output_and_the_dockerfile_line() {
+    let Some(busybox) = busybox() else { return };
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy(&busybox, context.join("busybox")).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail; exit 3\"]\n",
+    )
+    .unwrap();
+    let output = imgb(&dir.path().join("root"), &["build", "--progress", "plain", context.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("about to fail"), "{text}");
+    assert!(text.contains("exit code: 3"), "{text}");
+    assert!(text.contains("Dockerfile:3"), "{text}");
+}
+
+#[test]
+fn missing_base_image_is_a_located_error_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), "FROM nosuchimage:1\nRUN true\n").unwrap();
+    let output = imgb(&dir.path().join("root"), &["build", context.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("nosuchimage"), "{text}");
+    assert!(text.contains("imgb load"), "{text}");
+}
