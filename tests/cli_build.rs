@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 /// `/bin/busybox` from busybox-static, or `None` (with a notice; a failure under CI).
 fn busybox() -> Option<PathBuf> {
     let path = PathBuf::from("/bin/busybox");
-    let static_binary = std::fs::read(&path).is_ok_and(|bytes| !bytes.windows(10).any(|w| w == b"ld-linux-x"));
+    let static_binary =
+        std::fs::read(&path).is_ok_and(|bytes| !bytes.windows(10).any(|w| w == b"ld-linux-x"));
     if static_binary {
         return Some(path);
     }
@@ -20,11 +21,17 @@ fn busybox() -> Option<PathBuf> {
 
 fn is_root() -> bool {
     // Rootless builds work too, but these tests compare against root-owned fixtures.
-    std::fs::metadata("/proc/self").is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
+    std::fs::metadata("/proc/self")
+        .is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
 }
 
 fn imgb(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imgb")).arg("--root").arg(root).args(args).output().expect("imgb runs")
+    Command::new(env!("CARGO_BIN_EXE_imgb"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("imgb runs")
 }
 
 /// A context holding the bundled example and the busybox binary.
@@ -53,16 +60,41 @@ fn bundled_example_builds_runs_and_rebuilds_from_cache() {
     let context = hello_context(dir.path(), &busybox);
     let context = context.to_str().unwrap();
 
-    let first = imgb(&root, &["build", "--progress", "plain", "-t", "hello:test", context]);
+    let first = imgb(
+        &root,
+        &["build", "--progress", "plain", "-t", "hello:test", context],
+    );
     assert!(first.status.success(), "{}", stderr(&first));
     let run = imgb(&root, &["run", "hello:test"]);
-    assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from imgb\n", "{}", stderr(&run));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "hello from imgb\n",
+        "{}",
+        stderr(&run)
+    );
 
-    let again = imgb(&root, &["build", "--progress", "rawjson", "-t", "hello:test", context]);
+    let again = imgb(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "rawjson",
+            "-t",
+            "hello:test",
+            context,
+        ],
+    );
     assert!(again.status.success(), "{}", stderr(&again));
     let events = stderr(&again);
-    assert!(!events.contains("\"event\":\"started\""), "a step ran on a no-change rebuild:\n{events}");
-    assert_eq!(events.matches("\"event\":\"cached\"").count(), 3, "{events}");
+    assert!(
+        !events.contains("\"event\":\"started\""),
+        "a step ran on a no-change rebuild:\n{events}"
+    );
+    assert_eq!(
+        events.matches("\"event\":\"cached\"").count(),
+        3,
+        "{events}"
+    );
 }
 
 #[test]
@@ -76,12 +108,33 @@ fn changed_build_arg_reruns_only_the_steps_that_see_it_and_says_why() {
     let context = hello_context(dir.path(), &busybox);
     let context = context.to_str().unwrap();
     assert!(imgb(&root, &["build", context]).status.success());
-    let changed = imgb(&root, &["build", "--progress", "rawjson", "--build-arg", "GREETING=hi", context]);
+    let changed = imgb(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "rawjson",
+            "--build-arg",
+            "GREETING=hi",
+            context,
+        ],
+    );
     assert!(changed.status.success(), "{}", stderr(&changed));
     let events = stderr(&changed);
-    assert_eq!(events.matches("\"event\":\"cached\"").count(), 2, "the base stage is reused:\n{events}");
-    assert_eq!(events.matches("\"event\":\"started\"").count(), 1, "{events}");
-    assert!(events.contains("instruction changed"), "the miss names its cause:\n{events}");
+    assert_eq!(
+        events.matches("\"event\":\"cached\"").count(),
+        2,
+        "the base stage is reused:\n{events}"
+    );
+    assert_eq!(
+        events.matches("\"event\":\"started\"").count(),
+        1,
+        "{events}"
+    );
+    assert!(
+        events.contains("instruction changed"),
+        "the miss names its cause:\n{events}"
+    );
 }
 
 #[test]
@@ -107,7 +160,8 @@ fn source_date_epoch_gives_identical_images_from_separate_roots_and_contexts() {
                 ],
             );
             assert!(output.status.success(), "{}", stderr(&output));
-            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
             json["containerimage.digest"].as_str().unwrap().to_string()
         })
         .collect();
@@ -129,7 +183,10 @@ fn failing_run_reports_exit_code_output_and_the_dockerfile_line() {
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail; exit 3\"]\n",
     )
     .unwrap();
-    let output = imgb(&dir.path().join("root"), &["build", "--progress", "plain", context.to_str().unwrap()]);
+    let output = imgb(
+        &dir.path().join("root"),
+        &["build", "--progress", "plain", context.to_str().unwrap()],
+    );
     assert!(!output.status.success());
     let text = stderr(&output);
     assert!(text.contains("about to fail"), "{text}");
@@ -143,9 +200,72 @@ fn missing_base_image_is_a_located_error_with_a_hint() {
     let context = dir.path().join("context");
     std::fs::create_dir_all(&context).unwrap();
     std::fs::write(context.join("Dockerfile"), "FROM nosuchimage:1\nRUN true\n").unwrap();
-    let output = imgb(&dir.path().join("root"), &["build", context.to_str().unwrap()]);
+    let output = imgb(
+        &dir.path().join("root"),
+        &["build", context.to_str().unwrap()],
+    );
     assert!(!output.status.success());
     let text = stderr(&output);
     assert!(text.contains("nosuchimage"), "{text}");
     assert!(text.contains("imgb load"), "{text}");
+}
+
+/// `skopeo`, or `None` with a notice (a failure under CI).
+fn skopeo() -> Option<&'static str> {
+    if Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("skopeo");
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "skopeo is not installed (scripts/install-deps installs it)"
+    );
+    eprintln!("notice: skopeo is missing; skipping");
+    None
+}
+
+#[test]
+fn built_image_exports_as_oci_and_docker_archives_that_skopeo_reads() {
+    let Some(busybox) = busybox() else { return };
+    let Some(skopeo) = skopeo() else { return };
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let context = hello_context(dir.path(), &busybox);
+    let oci = dir.path().join("image.oci.tar");
+    let docker = dir.path().join("image.docker.tar");
+    let output = imgb(
+        &dir.path().join("root"),
+        &[
+            "build",
+            "-t",
+            "localhost/hello:export",
+            "-o",
+            &format!("type=oci,dest={}", oci.display()),
+            "-o",
+            &format!("type=docker,dest={}", docker.display()),
+            context.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    for archive in [
+        format!("oci-archive:{}", oci.display()),
+        format!("docker-archive:{}", docker.display()),
+    ] {
+        let inspect = Command::new(skopeo)
+            .args(["inspect", &archive])
+            .output()
+            .unwrap();
+        assert!(inspect.status.success(), "{archive}: {}", stderr(&inspect));
+        let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(
+            json["Layers"].as_array().map(Vec::len),
+            Some(3),
+            "{archive}: {json}"
+        );
+    }
 }
