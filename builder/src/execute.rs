@@ -64,10 +64,7 @@ impl StoreExecutor {
             .collect()
     }
 
-    fn input_filesystem(
-        inputs: &[SolvedInput],
-        index: usize,
-    ) -> Result<&Filesystem, ExecError> {
+    fn input_filesystem(inputs: &[SolvedInput], index: usize) -> Result<&Filesystem, ExecError> {
         inputs
             .get(index)
             .and_then(|input| input.result.filesystem())
