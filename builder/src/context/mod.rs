@@ -167,10 +167,8 @@ impl HashedContext {
 
     /// The digest of the whole context (the root directory's Merkle digest).
     pub fn digest(&self) -> ContentDigest {
-        self.entries
-            .first()
-            .map(|root| root.digest)
-            .unwrap_or_else(|| ContentDigest::of(b""))
+        // The root is always the first entry: the walk starts from it and never drops it.
+        self.entries[0].digest
     }
 
     /// The entry at a context-relative path (`""` or `"."` for the root), symlinks not followed.

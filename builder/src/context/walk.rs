@@ -33,10 +33,7 @@ const FILE_TYPE_MASK: u32 = 0o170_000;
 /// A walked path while the tree is being assembled.
 struct Node {
     entry: Entry,
-    /// Regular files only: the stat data the digest belongs to.
-    stat: Option<StatKey>,
-    /// A file whose digest was not in the stat cache: it must be read.
-    needs_hashing: bool,
+    file: FileState,
     /// Indices of the children in `nodes`, in name order.
     children: Vec<usize>,
     /// An excluded directory walked only because something below may be re-included; it is
@@ -44,12 +41,21 @@ struct Node {
     conditional: bool,
 }
 
+/// Where a regular file's digest comes from, with the stat data it belongs to.
+#[derive(Clone, Copy)]
+enum FileState {
+    NotAFile,
+    /// From the stat cache.
+    Cached(StatKey),
+    /// To be read in pass 2; the entry's digest is a placeholder until then.
+    Read(StatKey),
+}
+
 impl Node {
     fn new(entry: Entry) -> Self {
         Node {
             entry,
-            stat: None,
-            needs_hashing: false,
+            file: FileState::NotAFile,
             children: Vec::new(),
             conditional: false,
         }
@@ -126,13 +132,14 @@ impl Walker<'_> {
         ))];
         let mut level = vec![0];
         while !level.is_empty() {
-            let listings: Vec<_> = level
+            let listings: Vec<Vec<Node>> = level
                 .par_iter()
                 .map(|&index| self.list_dir(&nodes[index].entry.path))
-                .collect();
+                .collect::<Result<_, _>>()?;
+            nodes.reserve(listings.iter().map(Vec::len).sum());
             let mut next_level = Vec::new();
             for (parent, listing) in level.into_iter().zip(listings) {
-                for child in listing? {
+                for child in listing {
                     let index = nodes.len();
                     if child.entry.is_dir() {
                         next_level.push(index);
@@ -149,7 +156,13 @@ impl Walker<'_> {
     /// The included children of the directory `rel`, in name order.
     fn list_dir(&self, rel: &str) -> Result<Vec<Node>, ContextError> {
         let dir = self.root.join(rel);
-        let read_error = |error| ContextError::io(&dir, error);
+        let read_error = |error: io::Error| match error.kind() {
+            // Listed a moment ago, gone now: something is changing the context.
+            io::ErrorKind::NotFound if !rel.is_empty() => {
+                ContextError::ChangedWhileHashing { path: dir.clone() }
+            }
+            _ => ContextError::io(&dir, error),
+        };
         let mut listing = fs::read_dir(&dir)
             .map_err(read_error)?
             .map(|dirent| dirent.map(|dirent| (dirent.file_name(), dirent)))
@@ -205,11 +218,13 @@ impl Walker<'_> {
             let key = StatKey::of(&metadata);
             let cached = self.cache.lookup(&rel, &key);
             let mut node = Node::new(entry_from(rel, EntryKind::File, &metadata));
-            node.stat = Some(key);
-            match cached {
-                Some(digest) => node.entry.digest = digest,
-                None => node.needs_hashing = true,
-            }
+            node.file = match cached {
+                Some(digest) => {
+                    node.entry.digest = digest;
+                    FileState::Cached(key)
+                }
+                None => FileState::Read(key),
+            };
             node
         } else if file_type.is_symlink() {
             let target = fs::read_link(dirent.path())
@@ -251,12 +266,27 @@ fn join(parent: &str, name: &str) -> String {
 /// An entry with its metadata; the digest is filled in later for files and directories.
 fn entry_from(path: String, kind: EntryKind, metadata: &Metadata) -> Entry {
     Entry {
-        path,
-        kind,
         mode: metadata.mode() & 0o7777,
         uid: metadata.uid(),
         gid: metadata.gid(),
         size: metadata.size(),
+        ..Entry {
+            path,
+            kind,
+            ..placeholder_entry()
+        }
+    }
+}
+
+/// An entry without data, allocating nothing.
+fn placeholder_entry() -> Entry {
+    Entry {
+        path: String::new(),
+        kind: EntryKind::Dir,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
         digest: ContentDigest::from_bytes([0; 32]),
         subtree_len: 1,
     }
@@ -264,27 +294,29 @@ fn entry_from(path: String, kind: EntryKind, metadata: &Metadata) -> Entry {
 
 /// Pass 2: read and hash every file the stat cache could not vouch for.
 fn hash_files(root: &Path, nodes: &mut [Node], stats: &mut HashStats) -> Result<(), ContextError> {
-    let mut pending: Vec<&mut Node> = nodes.iter_mut().filter(|node| node.needs_hashing).collect();
-    pending.sort_unstable_by_key(|node| std::cmp::Reverse(node.entry.size));
+    let mut pending: Vec<(&mut Entry, &mut StatKey)> = nodes
+        .iter_mut()
+        .filter_map(|Node { entry, file, .. }| match file {
+            FileState::Read(key) => Some((entry, key)),
+            FileState::NotAFile | FileState::Cached(_) => None,
+        })
+        .collect();
+    pending.sort_unstable_by_key(|(entry, _)| std::cmp::Reverse(entry.size));
     stats.files_hashed = pending.len();
-    pending.par_iter_mut().try_for_each(|node| {
-        let listed = node.stat.as_ref();
-        let (digest, key) = hash_file(&root.join(&node.entry.path), listed)?;
-        node.entry.digest = digest;
-        node.entry.size = key.size;
-        node.stat = Some(key);
+    pending.par_iter_mut().try_for_each(|(entry, key)| {
+        let (digest, read_under) = hash_file(&root.join(&entry.path), key)?;
+        entry.digest = digest;
+        entry.size = read_under.size;
+        **key = read_under;
         Ok::<(), ContextError>(())
     })?;
-    stats.bytes_hashed = pending.iter().map(|node| node.entry.size).sum();
+    stats.bytes_hashed = pending.iter().map(|(entry, _)| entry.size).sum();
     Ok(())
 }
 
 /// The sha256 of the regular file at `path` and the stat data it was read under. The file must
 /// still be the one the listing saw (same inode and device).
-fn hash_file(
-    path: &Path,
-    listed: Option<&StatKey>,
-) -> Result<(ContentDigest, StatKey), ContextError> {
+fn hash_file(path: &Path, listed: &StatKey) -> Result<(ContentDigest, StatKey), ContextError> {
     let changed = || ContextError::ChangedWhileHashing {
         path: path.to_path_buf(),
     };
@@ -299,8 +331,7 @@ fn hash_file(
     };
     let metadata = file.metadata().map_err(io_error)?;
     let key = StatKey::of(&metadata);
-    let same_file = listed.is_none_or(|listed| listed.ino == key.ino && listed.dev == key.dev);
-    if !metadata.is_file() || !same_file {
+    if !metadata.is_file() || listed.ino != key.ino || listed.dev != key.dev {
         return Err(changed());
     }
 
@@ -386,21 +417,17 @@ fn assemble(
     let walk_started_ns = started.duration_since(UNIX_EPOCH).map_or(0, |since| {
         i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
     });
-    let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
     let mut entries = Vec::with_capacity(order.len());
     let mut settled = Vec::new();
     let mut settled_hits = 0;
     for index in order {
-        let Some(node) = slots[index].take() else {
-            continue;
-        };
-        if let Some(key) = node.stat {
+        let node = &mut nodes[index];
+        if let FileState::Cached(key) | FileState::Read(key) = node.file {
+            let from_cache = matches!(node.file, FileState::Cached(_));
             stats.files += 1;
-            if !node.needs_hashing {
-                stats.cache_hits += 1;
-            }
+            stats.cache_hits += usize::from(from_cache);
             if key.is_settled(walk_started_ns) {
-                settled_hits += usize::from(!node.needs_hashing);
+                settled_hits += usize::from(from_cache);
                 let record = CachedDigest {
                     key,
                     digest: node.entry.digest,
@@ -410,7 +437,8 @@ fn assemble(
                 stats.racy_files += 1;
             }
         }
-        entries.push(node.entry);
+        // Each index occurs once in `order`: the placeholder left behind is never read.
+        entries.push(std::mem::replace(&mut node.entry, placeholder_entry()));
     }
     stats.entries = entries.len();
     let cache_changed =
@@ -419,5 +447,43 @@ fn assemble(
         entries,
         settled,
         cache_changed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn file_replaced_since_the_listing_is_reported_not_hashed() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (listed, replacement) = (dir.path().join("listed"), dir.path().join("other"));
+        fs::write(&listed, "one").expect("write");
+        fs::write(&replacement, "two").expect("write");
+        let listed_key = StatKey::of(&fs::symlink_metadata(&listed).expect("stat"));
+        fs::rename(&replacement, &listed).expect("replace");
+
+        let error = hash_file(&listed, &listed_key).expect_err("another inode");
+        assert!(
+            matches!(error, ContextError::ChangedWhileHashing { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn file_turned_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        fs::write(dir.path().join("target"), "secret").expect("write");
+        let listed_key =
+            StatKey::of(&fs::symlink_metadata(dir.path().join("target")).expect("stat"));
+        symlink("target", dir.path().join("link")).expect("symlink");
+
+        let error = hash_file(&dir.path().join("link"), &listed_key).expect_err("a symlink");
+        assert!(
+            matches!(error, ContextError::ChangedWhileHashing { .. }),
+            "{error}"
+        );
     }
 }
