@@ -7,8 +7,7 @@ use std::process::{Command, Output};
 /// `/bin/busybox` from busybox-static, or `None` (with a notice; a failure under CI).
 fn busybox() -> Option<PathBuf> {
     let path = PathBuf::from("/bin/busybox");
-    let static_binary =
-        std::fs::read(&path).is_ok_and(|bytes| !bytes.windows(10).any(|w| w == b"ld-linux-x"));
+    let static_binary = std::fs::read(&path).is_ok_and(|bytes| is_static_elf(&bytes));
     if static_binary {
         return Some(path);
     }
@@ -17,6 +16,25 @@ fn busybox() -> Option<PathBuf> {
     }
     eprintln!("notice: a static /bin/busybox is missing; skipping (run scripts/install-deps)");
     None
+}
+
+/// A 64-bit little-endian ELF without a `PT_INTERP` program header: it runs in an empty root.
+fn is_static_elf(bytes: &[u8]) -> bool {
+    let read = |at: usize, len: usize| {
+        bytes.get(at..at + len).map(|b| {
+            b.iter()
+                .rev()
+                .fold(0usize, |n, &x| (n << 8) | usize::from(x))
+        })
+    };
+    if !bytes.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(offset), Some(size), Some(count)) = (read(0x20, 8), read(0x36, 2), read(0x38, 2))
+    else {
+        return false;
+    };
+    (0..count).all(|index| read(offset + index * size, 4).is_some_and(|kind| kind != 3))
 }
 
 fn is_root() -> bool {
