@@ -28,6 +28,19 @@ fn dot_dot_above_the_root_is_refused_naming_the_source() {
 }
 
 #[test]
+fn absolute_source_is_rooted_at_the_context_not_the_host() {
+    let tree = Tree::new();
+    tree.file("etc/app.conf", "in the context");
+    let context = hash(&tree);
+    let selection = context.select(&["/etc/app.conf"], None).expect("select");
+    assert_eq!(selection.sources[0].entry.path, "etc/app.conf");
+    assert!(matches!(
+        select_error(&context, &["/etc/passwd"]),
+        ContextError::SourceNotFound { missing, .. } if missing == "etc/passwd"
+    ));
+}
+
+#[test]
 fn symlink_source_leading_outside_is_refused_naming_the_link() {
     let outside = Tree::new();
     outside.file("secret", "s");
