@@ -149,7 +149,7 @@ awk -F'\t' '
     a = SUBSEP c SUBSEP s; b = SUBSEP c SUBSEP peer_scen(peer, s)
     if (!(("imgb" a) in med) || !((peer b) in med)) return "-"
     if (med["imgb" a] == "FAIL" || med[peer b] == "FAIL" || med[peer b] + 0 == 0) return "-"
-    return sprintf("%.2f", med["imgb" a] / med[peer b])
+    return sprintf("%.3f", med["imgb" a] / med[peer b])
   }
   $1 == "size" { next }
   {
