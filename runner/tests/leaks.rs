@@ -13,9 +13,17 @@ use imgb_runner::{CommitTo, Mount, MountKind, Network, RunSpec, RunStatus};
 
 const RUNS: usize = 100;
 
-fn mountinfo() -> Vec<String> {
+/// The host mounts that involve `dir` (where every run directory and the store live). Other
+/// processes on the machine may mount and unmount meanwhile (a Docker daemon, another build):
+/// only mounts of ours can be our leaks.
+fn mountinfo(dir: &Path) -> Vec<String> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let ours = dir.to_string_lossy().into_owned();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| line.contains(&ours))
+        .map(str::to_string)
+        .collect();
     lines.sort();
     lines
 }
@@ -102,7 +110,7 @@ async fn hundred_runs_with_failures_and_kills_leave_nothing_behind() {
     let fixture = Fixture::new();
     let store = Store::open(fixture.dir.path().join("store")).unwrap();
     let init = init_program().program.canonicalize().unwrap();
-    let mounts_before = mountinfo();
+    let mounts_before = mountinfo(fixture.dir.path());
 
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     // Two at a time, as a build with parallel stages would run them.
@@ -117,7 +125,11 @@ async fn hundred_runs_with_failures_and_kills_leave_nothing_behind() {
     }
     eprintln!("outcomes: {outcomes:?}");
 
-    assert_eq!(mountinfo(), mounts_before, "mounts changed");
+    assert_eq!(
+        mountinfo(fixture.dir.path()),
+        mounts_before,
+        "mounts changed"
+    );
     assert_eq!(
         init_processes(&init),
         Vec::<String>::new(),
