@@ -144,8 +144,9 @@ impl StoreExecutor {
             .tempdir_in(self.store.tmp_dir())
             .map_err(failed)?;
         for mount in &exec.mounts {
-            spec.mounts
-                .push(self.mount(job, mount, &secrets_dir, &mut spec.env)?);
+            if let Some(mount) = self.mount(job, mount, &secrets_dir, &mut spec.env)? {
+                spec.mounts.push(mount);
+            }
         }
         spec.commit = Some(CommitTo {
             store: self.store.clone(),
@@ -201,8 +202,8 @@ impl StoreExecutor {
         mount: &ExecMount,
         secrets_dir: &tempfile::TempDir,
         env: &mut Vec<String>,
-    ) -> Result<Mount, ExecError> {
-        Ok(match mount {
+    ) -> Result<Option<Mount>, ExecError> {
+        Ok(Some(match mount {
             ExecMount::Tmpfs { target, size } => Mount {
                 target: target.clone(),
                 kind: MountKind::Tmpfs { size_bytes: *size },
@@ -232,12 +233,8 @@ impl StoreExecutor {
                             "secret {id} is required but was not given (--secret id={id},src=...)"
                         )));
                     }
-                    return Ok(Mount {
-                        target: target.clone(),
-                        kind: MountKind::Tmpfs {
-                            size_bytes: Some(0),
-                        },
-                    });
+                    // As BuildKit: an optional secret that was not given is not mounted.
+                    return Ok(None);
                 };
                 if let Some(name) = as_env {
                     let name = if name.is_empty() {
@@ -302,7 +299,7 @@ impl StoreExecutor {
                     "ssh mount {id}: SSH agent forwarding is not supported yet"
                 )));
             }
-        })
+        }))
     }
 }
 
