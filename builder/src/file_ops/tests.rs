@@ -55,13 +55,17 @@ fn base(dir: &Path) -> LayeredView {
     LayeredView::new(vec![layer])
 }
 
-fn run(actions: &[FileAction], dir: &Path) -> PathBuf {
+/// Applies `actions` with the fixture context as input 1 and returns the upper dir.
+fn try_run(actions: &[FileAction], dir: &Path) -> Result<PathBuf, FileOpError> {
     let hashed = hash_context(&context(dir), &IncludeAll, None).unwrap();
     let upper = dir.join("upper");
     fs::create_dir(&upper).unwrap();
     let inputs = [None, Some(SourceRoot::Context(&hashed))];
-    apply_file_actions(actions, &base(dir), &inputs, &upper).unwrap_or_else(|e| panic!("{e}"));
-    upper
+    apply_file_actions(actions, &base(dir), &inputs, &upper).map(|()| upper)
+}
+
+fn run(actions: &[FileAction], dir: &Path) -> PathBuf {
+    try_run(actions, dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn owner_of(path: &Path) -> (u32, u32) {
@@ -123,17 +127,7 @@ fn several_sources_need_a_directory_destination() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let hashed = hash_context(&context(dir.path()), &IncludeAll, None).unwrap();
-    let upper = dir.path().join("upper");
-    fs::create_dir(&upper).unwrap();
-    let inputs = [None, Some(SourceRoot::Context(&hashed))];
-    let error = apply_file_actions(
-        &[copy(1, &["a.txt", "run.sh"], "/file")],
-        &base(dir.path()),
-        &inputs,
-        &upper,
-    )
-    .unwrap_err();
+    let error = try_run(&[copy(1, &["a.txt", "run.sh"], "/file")], dir.path()).unwrap_err();
     assert!(
         matches!(error, FileOpError::DestinationNotDirectory),
         "{error}"
@@ -192,9 +186,6 @@ fn unknown_chown_user_is_an_error_naming_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let hashed = hash_context(&context(dir.path()), &IncludeAll, None).unwrap();
-    let upper = dir.path().join("upper");
-    fs::create_dir(&upper).unwrap();
     let mut action = copy(1, &["a.txt"], "/x");
     if let FileAction::Copy { owner, .. } = &mut action {
         *owner = Some(Owner {
@@ -202,8 +193,7 @@ fn unknown_chown_user_is_an_error_naming_it() {
             group: None,
         });
     }
-    let inputs = [None, Some(SourceRoot::Context(&hashed))];
-    let error = apply_file_actions(&[action], &base(dir.path()), &inputs, &upper).unwrap_err();
+    let error = try_run(&[action], dir.path()).unwrap_err();
     assert!(error.to_string().contains("nobody-here"), "{error}");
 }
 
