@@ -2,7 +2,7 @@
 
 use crate::check::{self, CheckArgs};
 use crate::commands::build::{self, BuildArgs};
-use crate::commands::images::{self, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
+use crate::commands::images::{self, DuArgs, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
 use crate::commands::run::{self, RunArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -42,6 +42,8 @@ enum Command {
     Images(ImagesArgs),
     /// Show an image's manifest, config and history as JSON.
     Inspect(InspectArgs),
+    /// Show the state directory's disk usage by kind.
+    Du(DuArgs),
     /// Remove image names (the content goes at the next prune).
     Rm(RmArgs),
     /// Run a command in an ephemeral container from an image (nothing is kept).
@@ -74,6 +76,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Images(args) => images::images(cli.root, &args),
         Command::Inspect(args) => images::inspect(cli.root, &args),
         Command::Rm(args) => images::rm(cli.root, &args),
+        Command::Du(args) => images::du(cli.root, &args),
         Command::Run(args) => run::run(cli.root, &args),
         Command::Init { args } => Ok(imgb_runner::init::main(&args)),
     }

@@ -113,6 +113,23 @@ fn bundled_example_builds_runs_and_rebuilds_from_cache() {
         3,
         "{events}"
     );
+
+    let du = imgb(&root, &["du", "--format", "json"]);
+    let usage: serde_json::Value = serde_json::from_slice(&du.stdout).expect("du prints JSON");
+    let items = |kind: &str| {
+        let kinds = usage["kinds"].as_array().unwrap();
+        kinds.iter().find(|k| k["kind"] == kind).unwrap()["items"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        items("blobs") >= 5 && items("cache records") >= 3 && items("snapshots") >= 2,
+        "{usage}"
+    );
+    assert!(
+        usage["total_bytes"].as_u64().unwrap() > 1_000_000,
+        "the busybox layer alone is ~1 MB: {usage}"
+    );
 }
 
 #[test]

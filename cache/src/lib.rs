@@ -47,6 +47,7 @@ pub mod snapshot;
 pub mod store;
 mod tar_format;
 mod tar_reader;
+pub mod usage;
 
 pub use apply::{
     ApplyError, ApplyLimits, ApplyOptions, ApplyStats, OverlayXattrs, Whiteouts, apply_layer,

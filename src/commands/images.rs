@@ -51,6 +51,12 @@ pub struct ImagesArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DuArgs {
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+}
+
+#[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The image: a name, `name@sha256:...`, `sha256:...` or an image ID prefix.
     image: String,
@@ -112,6 +118,42 @@ pub fn save(root: Option<PathBuf>, args: &SaveArgs) -> Result<ExitCode> {
             "exported the root filesystem of {} to {}",
             args.image, report.dest
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `imgb du`: disk usage of the state directory by kind.
+pub fn du(root: Option<PathBuf>, args: &DuArgs) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    let usage = store
+        .usage()
+        .with_context(|| format!("measuring {}", store.root().display()))?;
+    let total: u64 = usage.iter().map(|(_, kind)| kind.bytes).sum();
+    match args.format {
+        ListFormat::Json => {
+            let kinds: Vec<Value> = usage
+                .iter()
+                .map(|(name, kind)| json!({"kind": name, "items": kind.items, "bytes": kind.bytes}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"kinds": kinds, "total_bytes": total}))?
+            );
+        }
+        ListFormat::Table => {
+            let mut rows: Vec<[String; 3]> = usage
+                .iter()
+                .map(|(name, kind)| {
+                    [
+                        name.to_string(),
+                        kind.items.to_string(),
+                        human_size(kind.bytes),
+                    ]
+                })
+                .collect();
+            rows.push(["total".to_string(), String::new(), human_size(total)]);
+            print_table(["KIND", "ITEMS", "SIZE"], &rows);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
