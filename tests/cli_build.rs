@@ -43,6 +43,25 @@ fn is_root() -> bool {
         .is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
 }
 
+/// A temp dir and the static busybox, when the test can run here (root, busybox-static).
+fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
+    let busybox = busybox()?;
+    if !is_root() {
+        eprintln!("notice: not root; skipping");
+        return None;
+    }
+    Some((tempfile::tempdir().unwrap(), busybox))
+}
+
+/// A context holding `dockerfile` and the busybox binary (as `busybox`).
+fn busybox_context(dir: &Path, busybox: &Path, dockerfile: &str) -> PathBuf {
+    let context = dir.join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy(busybox, context.join("busybox")).unwrap();
+    std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
+    context
+}
+
 fn imgb(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgb"))
         .arg("--root")
@@ -54,12 +73,8 @@ fn imgb(root: &Path, args: &[&str]) -> Output {
 
 /// A context holding the bundled example and the busybox binary.
 fn hello_context(dir: &Path, busybox: &Path) -> PathBuf {
-    let context = dir.join("context");
-    std::fs::create_dir_all(&context).unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/Dockerfile");
-    std::fs::copy(example, context.join("Dockerfile")).unwrap();
-    std::fs::copy(busybox, context.join("busybox")).unwrap();
-    context
+    busybox_context(dir, busybox, &std::fs::read_to_string(example).unwrap())
 }
 
 fn stderr(output: &Output) -> String {
@@ -68,12 +83,9 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn bundled_example_builds_runs_and_rebuilds_from_cache() {
-    let Some(busybox) = busybox() else { return };
-    if !is_root() {
-        eprintln!("notice: not root; skipping");
+    let Some((dir, busybox)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
     let root = dir.path().join("root");
     let context = hello_context(dir.path(), &busybox);
     let context = context.to_str().unwrap();
@@ -134,11 +146,9 @@ fn bundled_example_builds_runs_and_rebuilds_from_cache() {
 
 #[test]
 fn changed_build_arg_reruns_only_the_steps_that_see_it_and_says_why() {
-    let Some(busybox) = busybox() else { return };
-    if !is_root() {
+    let Some((dir, busybox)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
     let root = dir.path().join("root");
     let context = hello_context(dir.path(), &busybox);
     let context = context.to_str().unwrap();
@@ -205,19 +215,14 @@ fn source_date_epoch_gives_identical_images_from_separate_roots_and_contexts() {
 
 #[test]
 fn failing_run_reports_exit_code_output_and_the_dockerfile_line() {
-    let Some(busybox) = busybox() else { return };
-    if !is_root() {
+    let Some((dir, busybox)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let context = dir.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::copy(&busybox, context.join("busybox")).unwrap();
-    std::fs::write(
-        context.join("Dockerfile"),
+    };
+    let context = busybox_context(
+        dir.path(),
+        &busybox,
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail; exit 3\"]\n",
-    )
-    .unwrap();
+    );
     let output = imgb(
         &dir.path().join("root"),
         &["build", "--progress", "plain", context.to_str().unwrap()],
@@ -264,12 +269,10 @@ fn skopeo() -> Option<&'static str> {
 
 #[test]
 fn built_image_exports_as_oci_and_docker_archives_that_skopeo_reads() {
-    let Some(busybox) = busybox() else { return };
-    let Some(skopeo) = skopeo() else { return };
-    if !is_root() {
+    let Some((dir, busybox)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
+    let Some(skopeo) = skopeo() else { return };
     let context = hello_context(dir.path(), &busybox);
     let oci = dir.path().join("image.oci.tar");
     let docker = dir.path().join("image.docker.tar");
@@ -307,28 +310,23 @@ fn built_image_exports_as_oci_and_docker_archives_that_skopeo_reads() {
 
 #[test]
 fn secrets_reach_run_but_never_the_image_and_optional_ones_may_be_missing() {
-    let Some(busybox) = busybox() else { return };
-    if !is_root() {
+    let Some((dir, busybox)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let context = dir.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::copy(&busybox, context.join("busybox")).unwrap();
+    };
     let canary = "canary-5f0d2c7e91";
     let secret_file = dir.path().join("token");
     std::fs::write(&secret_file, canary).unwrap();
-    std::fs::write(
-        context.join("Dockerfile"),
-        format!(
+    let context = busybox_context(
+        dir.path(),
+        &busybox,
+        &format!(
             // The Dockerfile checks the secret's length, so the canary itself is never in it.
             "FROM scratch\nCOPY busybox /bin/busybox\n\
              RUN --mount=type=secret,id=tok [\"/bin/busybox\", \"sh\", \"-c\", \"test $(/bin/busybox wc -c < /run/secrets/tok) -eq {}\"]\n\
              RUN --mount=type=secret,id=absent [\"/bin/busybox\", \"test\", \"!\", \"-e\", \"/run/secrets/absent\"]\n",
             canary.len()
         ),
-    )
-    .unwrap();
+    );
     let oci = dir.path().join("image.tar");
     let output = imgb(
         &dir.path().join("root"),
