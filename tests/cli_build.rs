@@ -351,3 +351,50 @@ fn secrets_reach_run_but_never_the_image_and_optional_ones_may_be_missing() {
         "the secret leaked into the image"
     );
 }
+
+#[test]
+fn a_loaded_image_is_a_base_whose_env_and_history_carry_over() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let base_root = dir.path().join("base-root");
+    let archive = dir.path().join("base.tar");
+    let base = busybox_context(
+        &dir.path().join("base"),
+        &busybox,
+        "FROM scratch\nCOPY busybox /bin/busybox\nENV FROM_BASE=yes\n",
+    );
+    let output = imgb(
+        &base_root,
+        &[
+            "build",
+            "-t",
+            "localhost/base:1",
+            "-o",
+            &format!("type=docker,dest={}", archive.display()),
+            base.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let root = dir.path().join("root");
+    assert!(
+        imgb(&root, &["load", "-i", archive.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let child = busybox_context(
+        &dir.path().join("child"),
+        &busybox,
+        "FROM localhost/base:1\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"test \\\"$FROM_BASE\\\" = yes\"]\n",
+    );
+    let output = imgb(&root, &["build", "-t", "child:1", child.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let inspect = imgb(&root, &["inspect", "child:1"]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains("COPY busybox /bin/busybox"),
+        "base history kept:\n{text}"
+    );
+    assert!(text.contains("FROM_BASE=yes"), "base env kept:\n{text}");
+}

@@ -7,14 +7,14 @@ use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
 use imgb_builder::execute::{Secret, StoreExecutor};
 use imgb_builder::solve::{Cancel, RecordStore, SolveOptions, Solved, Solver};
-use imgb_cache::oci::Descriptor;
+use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::{Compression, LayerOptions, OutputSpec, Reference, RootEnv, Store, export};
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
 use imgb_frontend::lower::lower;
 use imgb_frontend::plan::BuildPlan;
 use imgb_runner::{InitProgram, Runner};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,10 +74,17 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         Ok(plan) => plan,
         Err(diagnostic) => return Ok(fail(&render(diagnostic))),
     };
+    // Base configs are read once: lowering needs their environment, the final image their
+    // history and settings.
+    let mut base_configs: HashMap<String, oci::ImageConfig> = HashMap::new();
     let mut resolve = |reference: &str, _: &imgb_frontend::platform::Platform| match store
         .find_image(reference)
     {
-        Ok((_, image)) => Ok(from_oci(&image.config)),
+        Ok((_, image)) => {
+            let start = from_oci(&image.config);
+            base_configs.insert(reference.to_string(), image.config);
+            Ok(start)
+        }
         Err(error) => Err(
             Diagnostic::error(format!("base image {reference}: {error}")).with_hint(
                 "imgb builds from its store: `imgb load -i IMAGE.tar` the base image first",
@@ -174,15 +181,14 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let base_config = target
         .base_image
         .as_deref()
-        .map(|reference| store.find_image(reference).map(|(_, image)| image.config))
-        .transpose()?;
+        .and_then(|reference| base_configs.get(reference));
     let diff_ids = filesystem
         .layers
         .iter()
         .map(|layer| layer.diff_id.clone())
         .collect();
     let config = stage_config(
-        base_config.as_ref(),
+        base_config,
         target,
         diff_ids,
         &created_time(source_date_epoch),
