@@ -19,6 +19,7 @@ use crate::context::{ContextError, EntryKind, HashedContext, PathFilter, Selecti
 use crate::graph::{FileAction, Owner};
 use crate::ignore::IgnoreRules;
 use crate::layered::{LayeredView, ViewEntry, ViewError};
+use crate::path_io::{PathIoError, io_error};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -53,21 +54,8 @@ pub enum FileOpError {
     Exclude(String),
     #[error("the step reads input {0}, which it was not given")]
     MissingInput(usize),
-    #[error("{op} {path}: {source}", path = path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileOpError + 'a {
-    move |source| FileOpError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 /// Where a COPY reads from.
@@ -554,11 +542,7 @@ impl Writer<'_> {
                     Some(rustix::fs::Gid::from_raw(owner.1)),
                     rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                 )
-                .map_err(|errno| FileOpError::Io {
-                    op: "chown",
-                    path: target.to_path_buf(),
-                    source: errno.into(),
-                })?;
+                .map_err(|errno| FileOpError::Io(PathIoError::new("chown", target, errno)))?;
             }
             EntryKind::Other { .. } => {
                 // Device nodes, fifos and sockets are not copied (BuildKit skips sockets; the
@@ -572,9 +556,9 @@ impl Writer<'_> {
 fn remove_existing(target: &Path) -> Result<(), FileOpError> {
     match fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => {
-            fs::remove_dir_all(target).map_err(io_error("replace directory", target))
+            fs::remove_dir_all(target).map_err(|e| io_error("replace directory", target)(e).into())
         }
-        Ok(_) => fs::remove_file(target).map_err(io_error("replace file", target)),
+        Ok(_) => fs::remove_file(target).map_err(|e| io_error("replace file", target)(e).into()),
         Err(_) => Ok(()),
     }
 }
@@ -592,13 +576,10 @@ fn set_mode_and_owner(path: &Path, mode: u32, (uid, gid): (u32, u32)) -> Result<
         Some(rustix::fs::Gid::from_raw(gid)),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
-    .map_err(|errno| FileOpError::Io {
-        op: "chown",
-        path: path.to_path_buf(),
-        source: errno.into(),
-    })?;
+    .map_err(|errno| FileOpError::Io(PathIoError::new("chown", path, errno)))?;
     // chmod after chown: chown clears setuid/setgid bits.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_error("chmod", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_error("chmod", path)(e).into())
 }
 
 fn set_mtime(path: &Path, seconds: i64, nanos: i64) -> Result<(), FileOpError> {
@@ -618,11 +599,7 @@ fn set_mtime(path: &Path, seconds: i64, nanos: i64) -> Result<(), FileOpError> {
         &time,
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
-    .map_err(|errno| FileOpError::Io {
-        op: "set mtime",
-        path: path.to_path_buf(),
-        source: errno.into(),
-    })
+    .map_err(|errno| FileOpError::Io(PathIoError::new("set mtime", path, errno)))
 }
 
 /// `user[:group]` → numeric ids, names looked up in the base's `/etc/passwd` and `/etc/group`.

@@ -14,6 +14,7 @@
 //!   in that snapshot, and the last component is opened with `O_NOFOLLOW`.
 //! - Snapshots are immutable, so a checked path stays checked.
 
+use crate::path_io::{PathIoError, io_error};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io;
@@ -31,21 +32,8 @@ pub enum ViewError {
     SymlinkLoop { path: String },
     #[error("{path}: not a directory")]
     NotADirectory { path: String },
-    #[error("{op} {path}: {source}", path = path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ViewError + 'a {
-    move |source| ViewError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 /// The snapshots of an image or build step, lowest first.
@@ -205,7 +193,7 @@ impl LayeredView {
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&entry.host_path)
-            .map_err(io_error("open", &entry.host_path))
+            .map_err(|e| io_error("open", &entry.host_path)(e).into())
     }
 }
 
@@ -225,11 +213,7 @@ fn find_in(dirs: &[PathBuf], name: &OsStr, shown: &str) -> Result<Option<ViewEnt
                 continue;
             }
             Err(source) => {
-                return Err(ViewError::Io {
-                    op: "stat",
-                    path: host_path,
-                    source,
-                });
+                return Err(ViewError::Io(PathIoError::new("stat", &host_path, source)));
             }
         };
         let whiteout = metadata.file_type().is_char_device() && metadata.rdev() == 0;

@@ -20,4 +20,5 @@ pub mod file_ops;
 pub mod graph;
 pub mod ignore;
 pub mod layered;
+pub mod path_io;
 pub mod solve;
