@@ -1,84 +1,16 @@
 //! `imgb build` end to end: real RUN steps on a busybox base made from Debian's busybox-static,
 //! the image run with `imgb run`, cache hits, reproducible digests, failing steps.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// `/bin/busybox` from busybox-static, or `None` (with a notice; a failure under CI).
-fn busybox() -> Option<PathBuf> {
-    let path = PathBuf::from("/bin/busybox");
-    let static_binary = std::fs::read(&path).is_ok_and(|bytes| is_static_elf(&bytes));
-    if static_binary {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("busybox-static is not installed (scripts/install-deps installs it)");
-    }
-    eprintln!("notice: a static /bin/busybox is missing; skipping (run scripts/install-deps)");
-    None
-}
-
-/// A 64-bit little-endian ELF without a `PT_INTERP` program header: it runs in an empty root.
-fn is_static_elf(bytes: &[u8]) -> bool {
-    let read = |at: usize, len: usize| {
-        bytes.get(at..at + len).map(|b| {
-            b.iter()
-                .rev()
-                .fold(0usize, |n, &x| (n << 8) | usize::from(x))
-        })
-    };
-    if !bytes.starts_with(b"\x7fELF\x02\x01") {
-        return false;
-    }
-    let (Some(offset), Some(size), Some(count)) = (read(0x20, 8), read(0x36, 2), read(0x38, 2))
-    else {
-        return false;
-    };
-    (0..count).all(|index| read(offset + index * size, 4).is_some_and(|kind| kind != 3))
-}
-
-fn is_root() -> bool {
-    // Rootless builds work too, but these tests compare against root-owned fixtures.
-    std::fs::metadata("/proc/self")
-        .is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
-}
-
-/// A temp dir and the static busybox, when the test can run here (root, busybox-static).
-fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
-    let busybox = busybox()?;
-    if !is_root() {
-        eprintln!("notice: not root; skipping");
-        return None;
-    }
-    Some((tempfile::tempdir().unwrap(), busybox))
-}
-
-/// A context holding `dockerfile` and the busybox binary (as `busybox`).
-fn busybox_context(dir: &Path, busybox: &Path, dockerfile: &str) -> PathBuf {
-    let context = dir.join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::copy(busybox, context.join("busybox")).unwrap();
-    std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
-    context
-}
-
-fn imgb(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imgb"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .expect("imgb runs")
-}
+use std::process::Command;
+use support::{busybox, busybox_context, imgb, is_root, setup, stderr, tool};
 
 /// A context holding the bundled example and the busybox binary.
 fn hello_context(dir: &Path, busybox: &Path) -> PathBuf {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/Dockerfile");
     busybox_context(dir, busybox, &std::fs::read_to_string(example).unwrap())
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
@@ -250,29 +182,12 @@ fn missing_base_image_is_a_located_error_with_a_hint() {
     assert!(text.contains("imgb load"), "{text}");
 }
 
-/// `skopeo`, or `None` with a notice (a failure under CI).
-fn skopeo() -> Option<&'static str> {
-    if Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Some("skopeo");
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "skopeo is not installed (scripts/install-deps installs it)"
-    );
-    eprintln!("notice: skopeo is missing; skipping");
-    None
-}
-
 #[test]
 fn built_image_exports_as_oci_and_docker_archives_that_skopeo_reads() {
     let Some((dir, busybox)) = setup() else {
         return;
     };
-    let Some(skopeo) = skopeo() else { return };
+    let Some(skopeo) = tool("skopeo") else { return };
     let context = hello_context(dir.path(), &busybox);
     let oci = dir.path().join("image.oci.tar");
     let docker = dir.path().join("image.docker.tar");
@@ -294,7 +209,7 @@ fn built_image_exports_as_oci_and_docker_archives_that_skopeo_reads() {
         format!("oci-archive:{}", oci.display()),
         format!("docker-archive:{}", docker.display()),
     ] {
-        let inspect = Command::new(skopeo)
+        let inspect = Command::new(&skopeo)
             .args(["inspect", &archive])
             .output()
             .unwrap();

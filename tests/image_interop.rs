@@ -11,7 +11,8 @@ mod support;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+use support::{imgb_ok as imgb, is_root, run, stdout, tool};
 
 use imgb_cache::compress::Compression;
 use imgb_cache::layer::{LayerChanges, LayerOptions, write_layer};
@@ -25,51 +26,6 @@ use serde_json::Value;
 const BUSYBOX: &str = "/bin/busybox";
 const IMAGE: &str = "localhost/imgb-test/busybox:latest";
 const EPOCH: i64 = 1_700_000_000;
-
-/// `Some(path)` of a host tool, or `None` with a notice (a failure when `CI` is set).
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    });
-    if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{name} is missing and CI is set (scripts/install-deps installs it)");
-        }
-        eprintln!("notice: {name} is not installed; skipping (scripts/install-deps installs it)");
-    }
-    found
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn is_root() -> bool {
-    stdout(&run(Command::new("id").arg("-u"))).trim() == "0"
-}
-
-fn imgb(root: &Path, args: &[&str]) -> Output {
-    run(Command::new(env!("CARGO_BIN_EXE_imgb"))
-        .arg("--root")
-        .arg(root)
-        .args(args))
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// A store under `dir/root` holding [`IMAGE`], or `None` when busybox-static is missing.
 fn busybox_store(dir: &Path) -> Option<PathBuf> {
