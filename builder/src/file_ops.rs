@@ -603,36 +603,47 @@ fn set_mtime(path: &Path, seconds: i64, nanos: i64) -> Result<(), FileOpError> {
 }
 
 /// `user[:group]` → numeric ids, names looked up in the base's `/etc/passwd` and `/etc/group`.
-/// A user without a group uses the user's id as the group id, as Docker documents.
+/// Without a group, a user named in passwd gets its primary group and a numeric user the same
+/// number, as BuildKit does.
 fn resolve_owner(base: &LayeredView, owner: &Owner) -> Result<(u32, u32), FileOpError> {
-    let uid = match owner.user.parse::<u32>() {
-        Ok(uid) => uid,
+    let (uid, primary_gid) = match owner.user.parse::<u32>() {
+        Ok(uid) => (uid, uid),
         Err(_) => {
-            lookup_id(base, "passwd", &owner.user)?.ok_or_else(|| FileOpError::UnknownOwner {
-                owner: owner.user.clone(),
-                what: "user",
-                file: "passwd",
-            })?
+            let (uid, gid) = lookup_ids(base, "passwd", &owner.user)?.ok_or_else(|| {
+                FileOpError::UnknownOwner {
+                    owner: owner.user.clone(),
+                    what: "user",
+                    file: "passwd",
+                }
+            })?;
+            (uid, gid.unwrap_or(uid))
         }
     };
     let gid = match &owner.group {
-        None => uid,
+        None => primary_gid,
         Some(group) => match group.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                lookup_id(base, "group", group)?.ok_or_else(|| FileOpError::UnknownOwner {
-                    owner: group.clone(),
-                    what: "group",
-                    file: "group",
-                })?
+                lookup_ids(base, "group", group)?
+                    .ok_or_else(|| FileOpError::UnknownOwner {
+                        owner: group.clone(),
+                        what: "group",
+                        file: "group",
+                    })?
+                    .0
             }
         },
     };
     Ok((uid, gid))
 }
 
-/// The id (third field) of `name` in the base's `/etc/<file>`.
-fn lookup_id(base: &LayeredView, file: &str, name: &str) -> Result<Option<u32>, FileOpError> {
+/// The id (third field) of `name` in the base's `/etc/<file>`, and the fourth field as a number
+/// when it is one (passwd's primary group id).
+fn lookup_ids(
+    base: &LayeredView,
+    file: &str,
+    name: &str,
+) -> Result<Option<(u32, Option<u32>)>, FileOpError> {
     let Some(entry) = base.lookup(&format!("/etc/{file}"), true)? else {
         return Ok(None);
     };
@@ -641,9 +652,11 @@ fn lookup_id(base: &LayeredView, file: &str, name: &str) -> Result<Option<u32>, 
         .map_err(io_error("read", &entry.host_path))?;
     Ok(text.lines().find_map(|line| {
         let mut fields = line.split(':');
-        (fields.next() == Some(name))
-            .then(|| fields.nth(1).and_then(|id| id.parse().ok()))
-            .flatten()
+        if fields.next() != Some(name) {
+            return None;
+        }
+        let id = fields.nth(1)?.parse().ok()?;
+        Some((id, fields.next().and_then(|gid| gid.parse().ok())))
     }))
 }
 

@@ -33,7 +33,8 @@ fn context(dir: &Path) -> PathBuf {
     root
 }
 
-/// A base image: `/etc/passwd` naming `app` (1000) and `/etc/group` naming `staff` (50), and
+/// A base image: `/etc/passwd` naming `app` (1000, primary group 60) and `/etc/group` naming
+/// `staff` (50), and
 /// `/srv -> /data` with `/data` a directory owned by 7:7.
 fn base(dir: &Path) -> LayeredView {
     let layer = dir.join("base");
@@ -41,7 +42,7 @@ fn base(dir: &Path) -> LayeredView {
     fs::create_dir_all(layer.join("data")).unwrap();
     fs::write(
         layer.join("etc/passwd"),
-        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:60::/home/app:/bin/sh\n",
     )
     .unwrap();
     fs::write(layer.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
@@ -181,6 +182,27 @@ fn chown_names_resolve_in_the_base_and_chmod_applies() {
 }
 
 #[test]
+fn chown_user_name_without_group_takes_the_users_primary_group() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let by_name = |user: &str, dest: &str| {
+        let mut action = copy(1, &["a.txt"], dest);
+        if let FileAction::Copy { owner, .. } = &mut action {
+            *owner = Some(Owner {
+                user: user.into(),
+                group: None,
+            });
+        }
+        action
+    };
+    let upper = run(&[by_name("app", "/named"), by_name("1234", "/numeric")], dir.path());
+    assert_eq!(owner_of(&upper.join("named")), (1000, 60));
+    assert_eq!(owner_of(&upper.join("numeric")), (1234, 1234));
+}
+
+#[test]
 fn unknown_chown_user_is_an_error_naming_it() {
     if !is_root() {
         return;
@@ -254,7 +276,7 @@ fn writes_and_mkdirs() {
         ],
         dir.path(),
     );
-    assert_eq!(owner_of(&upper.join("work/dir")), (1000, 1000));
+    assert_eq!(owner_of(&upper.join("work/dir")), (1000, 60));
     assert_eq!(
         fs::read_to_string(upper.join("work/dir/hello")).unwrap(),
         "hi\n"
