@@ -20,6 +20,8 @@ use crate::graph::{FileAction, Owner};
 use crate::ignore::IgnoreRules;
 use crate::layered::{LayeredView, ViewEntry, ViewError};
 use crate::path_io::{PathIoError, io_error};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -130,6 +132,7 @@ pub fn apply_file_actions(
                     ids,
                     mode,
                     parents: *parents,
+                    linked: RefCell::default(),
                 };
                 match root {
                     SourceRoot::Context(context) => {
@@ -245,6 +248,9 @@ struct CopySpec<'a> {
     ids: Option<(u32, u32)>,
     mode: Option<ModeChange>,
     parents: bool,
+    /// Files with several links already copied by this COPY, by source (device, inode): their
+    /// other names become hard links to the first copy, as BuildKit keeps them.
+    linked: RefCell<HashMap<(u64, u64), PathBuf>>,
 }
 
 struct Writer<'a> {
@@ -524,6 +530,14 @@ impl Writer<'_> {
             }
             EntryKind::File => {
                 remove_existing(target)?;
+                if meta.nlink() > 1 {
+                    let mut linked = copy.linked.borrow_mut();
+                    if let Some(first) = linked.get(&(meta.dev(), meta.ino())) {
+                        return fs::hard_link(first, target)
+                            .map_err(|e| io_error("hard link", target)(e).into());
+                    }
+                    linked.insert((meta.dev(), meta.ino()), target.to_path_buf());
+                }
                 fs::copy(&item.host, target).map_err(io_error("copy", &item.host))?;
                 let mode = copy
                     .mode

@@ -20,12 +20,14 @@ fn copy(input: usize, sources: &[&str], dest: &str) -> FileAction {
     }
 }
 
-/// A context with `a.txt`, `dir/{b.txt,sub/c.txt}`, `dir/link -> b.txt`, `run.sh` (0755).
+/// A context with `a.txt`, `dir/{b.txt,sub/c.txt}`, `dir/b-again.txt` (a hard link to
+/// `dir/b.txt`), `dir/link -> b.txt`, `run.sh` (0755).
 fn context(dir: &Path) -> PathBuf {
     let root = dir.join("context");
     fs::create_dir_all(root.join("dir/sub")).unwrap();
     fs::write(root.join("a.txt"), "a").unwrap();
     fs::write(root.join("dir/b.txt"), "b").unwrap();
+    fs::hard_link(root.join("dir/b.txt"), root.join("dir/b-again.txt")).unwrap();
     fs::write(root.join("dir/sub/c.txt"), "c").unwrap();
     symlink("b.txt", root.join("dir/link")).unwrap();
     fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
@@ -323,4 +325,17 @@ fn symbolic_modes_follow_chmod() {
     assert_eq!(exec_if_dir.apply(0o644, false), 0o644);
     assert_eq!(exec_if_dir.apply(0o644, true), 0o755);
     assert!(parse_mode("q+x").is_err());
+}
+
+#[test]
+fn hard_linked_sources_stay_hard_linked_in_the_copy() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let upper = run(&[copy(1, &["dir"], "/app")], dir.path());
+    let first = fs::metadata(upper.join("app/b.txt")).unwrap();
+    let second = fs::metadata(upper.join("app/b-again.txt")).unwrap();
+    assert_eq!(first.ino(), second.ino());
+    assert_eq!(first.nlink(), 2);
 }
