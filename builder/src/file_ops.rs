@@ -557,6 +557,7 @@ impl Writer<'_> {
                     rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|errno| FileOpError::Io(PathIoError::new("chown", target, errno)))?;
+                set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
             }
             EntryKind::Other { .. } => {
                 // Device nodes, fifos and sockets are not copied (BuildKit skips sockets; the

@@ -339,3 +339,18 @@ fn hard_linked_sources_stay_hard_linked_in_the_copy() {
     assert_eq!(first.ino(), second.ino());
     assert_eq!(first.nlink(), 2);
 }
+
+#[test]
+fn copied_symlinks_keep_their_mtime() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let upper = run(&[copy(1, &["dir"], "/app")], dir.path());
+    let source = fs::symlink_metadata(dir.path().join("context/dir/link")).unwrap();
+    let copied = fs::symlink_metadata(upper.join("app/link")).unwrap();
+    assert_eq!(
+        (copied.mtime(), copied.mtime_nsec()),
+        (source.mtime(), source.mtime_nsec())
+    );
+}
