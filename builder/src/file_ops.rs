@@ -18,7 +18,7 @@
 use crate::context::{ContextError, EntryKind, HashedContext, PathFilter, Selection};
 use crate::graph::{FileAction, Owner};
 use crate::ignore::IgnoreRules;
-use crate::layered::{LayeredView, ViewEntry, ViewError};
+use crate::layered::{LayeredView, MAX_SYMLINKS, ViewEntry, ViewError};
 use crate::path_io::{PathIoError, io_error};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -311,28 +311,41 @@ impl Writer<'_> {
         })
     }
 
-    /// The path of directory `dir` inside the base with every symlink resolved; components
-    /// that do not exist yet are kept as written.
+    /// The path of directory `dir` inside the base with every symlink resolved, dangling ones
+    /// too (BuildKit creates their targets); components that do not exist yet are kept as
+    /// written, and `..` stops at the root.
     fn resolve_dir(&self, dir: &str) -> Result<String, FileOpError> {
-        let mut resolved = String::new();
-        let mut components = dir
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .peekable();
-        while let Some(component) = components.next() {
-            let candidate = format!("{resolved}/{component}");
-            match self.base.lookup(&candidate, true)? {
-                Some(entry) if entry.is_dir() => resolved = entry.path,
-                _ => {
-                    resolved = candidate;
-                    for rest in components.by_ref() {
-                        resolved.push('/');
-                        resolved.push_str(rest);
-                    }
+        let mut resolved: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = dir.split('/').rev().map(str::to_string).collect();
+        let mut hops = 0;
+        while let Some(component) = pending.pop() {
+            match component.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    resolved.pop();
+                    continue;
                 }
+                _ => {}
+            }
+            let candidate = format!("/{}/{component}", resolved.join("/"));
+            match self.base.lookup(&candidate, false)? {
+                Some(entry) if entry.is_symlink() => {
+                    hops += 1;
+                    if hops > MAX_SYMLINKS {
+                        return Err(ViewError::SymlinkLoop { path: candidate }.into());
+                    }
+                    let target = fs::read_link(&entry.host_path)
+                        .map_err(io_error("readlink", &entry.host_path))?;
+                    let target = target.to_string_lossy();
+                    if target.starts_with('/') {
+                        resolved.clear();
+                    }
+                    pending.extend(target.split('/').rev().map(str::to_string));
+                }
+                _ => resolved.push(component),
             }
         }
-        Ok(resolved)
+        Ok(format!("/{}", resolved.join("/")))
     }
 
     fn make_dir(&self, host: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<(), FileOpError> {

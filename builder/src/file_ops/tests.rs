@@ -36,8 +36,8 @@ fn context(dir: &Path) -> PathBuf {
 }
 
 /// A base image: `/etc/passwd` naming `app` (1000, primary group 60) and `/etc/group` naming
-/// `staff` (50), and
-/// `/srv -> /data` with `/data` a directory owned by 7:7.
+/// `staff` (50), `/srv -> /data` with `/data` a directory owned by 7:7, and the dangling
+/// `/dangling -> ../../gone`.
 fn base(dir: &Path) -> LayeredView {
     let layer = dir.join("base");
     fs::create_dir_all(layer.join("etc")).unwrap();
@@ -49,6 +49,7 @@ fn base(dir: &Path) -> LayeredView {
     .unwrap();
     fs::write(layer.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
     symlink("/data", layer.join("srv")).unwrap();
+    symlink("../../gone", layer.join("dangling")).unwrap();
     rustix::fs::chown(
         layer.join("data"),
         Some(rustix::fs::Uid::from_raw(7)),
@@ -157,6 +158,20 @@ fn destination_through_a_symlink_in_the_base_lands_at_its_target() {
 }
 
 #[test]
+fn destination_through_a_dangling_symlink_creates_its_target_inside_the_root() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let upper = run(&[copy(1, &["a.txt"], "/dangling/a.txt")], dir.path());
+    assert_eq!(fs::read_to_string(upper.join("gone/a.txt")).unwrap(), "a");
+    assert!(
+        fs::symlink_metadata(upper.join("dangling")).is_err(),
+        "the base's symlink is not replaced"
+    );
+}
+
+#[test]
 fn chown_names_resolve_in_the_base_and_chmod_applies() {
     if !is_root() {
         return;
@@ -199,7 +214,10 @@ fn chown_user_name_without_group_takes_the_users_primary_group() {
         }
         action
     };
-    let upper = run(&[by_name("app", "/named"), by_name("1234", "/numeric")], dir.path());
+    let upper = run(
+        &[by_name("app", "/named"), by_name("1234", "/numeric")],
+        dir.path(),
+    );
     assert_eq!(owner_of(&upper.join("named")), (1000, 60));
     assert_eq!(owner_of(&upper.join("numeric")), (1234, 1234));
 }
