@@ -149,3 +149,112 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// The base image every feature test builds on: busybox with its applets linked in `/bin`, and
+/// an `/etc/passwd` + `/etc/group` naming a user and groups for `--chown` by name.
+pub const BASE: &str = "localhost/imgb-test-base:1";
+
+const BASE_DOCKERFILE: &str = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY <<EOF /etc/passwd
+root:x:0:0:root:/root:/bin/sh
+bob:x:1001:1002::/home/bob:/bin/sh
+EOF
+COPY <<EOF /etc/group
+root:x:0:
+staff:x:1002:
+builders:x:2000:
+EOF
+"#;
+
+/// A state root shared by the tests of one test binary, holding [`BASE`]; `None` (with a
+/// notice) where end-to-end builds cannot run. It lives under Cargo's per-target temp dir and is
+/// recreated once per process, so a test file pays for the base image once and nothing leaks.
+pub fn shared_root() -> Option<&'static Path> {
+    static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let (_, busybox) = setup()?;
+        let binary = std::env::current_exe().unwrap();
+        let name = binary.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-shared"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        let root = dir.join("root");
+        let context = busybox_context(&dir, &busybox, BASE_DOCKERFILE);
+        imgb_ok(&root, &["build", "-t", BASE, context.to_str().unwrap()]);
+        Some(root)
+    })
+    .as_deref()
+}
+
+/// A build context in its own temp dir (`dir/context`), with room beside it for outputs.
+pub struct TestContext {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestContext {
+    /// A context holding `Dockerfile` and `files` (`path`, contents).
+    pub fn new(dockerfile: &str, files: &[(&str, &str)]) -> Self {
+        let context = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        context.write("Dockerfile", dockerfile);
+        for (path, contents) in files {
+            context.write(path, contents);
+        }
+        context
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("context")
+    }
+
+    /// Writes a file in the context, making its parent directories.
+    pub fn write(&self, path: &str, contents: &str) {
+        let path = self.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+
+    /// Builds with `args` in `root`, whatever the outcome, with plain progress.
+    pub fn build(&self, root: &Path, args: &[&str]) -> Output {
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let path = self.path();
+        all.push(path.to_str().unwrap());
+        imgb(root, &all)
+    }
+
+    /// Builds with `args` in `root`, which must succeed.
+    pub fn build_ok(&self, root: &Path, args: &[&str]) -> Output {
+        let output = self.build(root, args);
+        assert!(
+            output.status.success(),
+            "build failed: {}\n{}",
+            output.status,
+            stderr(&output)
+        );
+        output
+    }
+
+    /// Builds with `args` in `root` and exports the root filesystem (`-o type=local`) beside
+    /// the context; its path.
+    pub fn rootfs(&self, root: &Path, args: &[&str]) -> PathBuf {
+        let dest = self.dir.path().join("rootfs");
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest).unwrap();
+        }
+        let output = format!("type=local,dest={}", dest.display());
+        let mut all = vec!["-o", output.as_str()];
+        all.extend_from_slice(args);
+        self.build_ok(root, &all);
+        dest
+    }
+}
+
+/// `imgb run IMAGE sh -c SCRIPT` in `root`, which must succeed; its standard output.
+pub fn run_in(root: &Path, image: &str, script: &str) -> String {
+    stdout(&imgb_ok(root, &["run", image, "--", "sh", "-c", script]))
+}
