@@ -1,7 +1,7 @@
 //! `imgb build`: Dockerfile → plan → graph → solve → image in the store, then the outputs.
 
 use crate::check::{FrontendArgs, LoadedDockerfile};
-use crate::commands::progress::{Progress, ProgressMode};
+use crate::commands::progress::{Built, Progress, ProgressMode};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
@@ -219,7 +219,15 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    progress.finish(&summary, &image_id);
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    progress.finish(
+        &summary,
+        &Built {
+            id: &image_id,
+            digest: image.descriptor.digest.as_str(),
+            names: &names,
+        },
+    );
     Ok(ExitCode::SUCCESS)
 }
 

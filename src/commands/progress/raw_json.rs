@@ -1,0 +1,80 @@
+//! `--progress rawjson`: one JSON object per line on stderr, for tools. Every object has an
+//! `event` field; times are seconds since the build started, durations seconds.
+
+use super::{Built, Renderer, Summary};
+use imgb_builder::solve::{OutputStream, ProgressEvent};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::time::Instant;
+
+pub(super) struct RawJson<W> {
+    out: W,
+    started: Instant,
+}
+
+impl RawJson<std::io::Stderr> {
+    pub(super) fn stderr() -> Self {
+        RawJson {
+            out: std::io::stderr(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl<W: Write> Renderer for RawJson<W> {
+    fn event(&mut self, event: &ProgressEvent, now: Instant) {
+        let time = (now - self.started).as_secs_f64();
+        // Progress is for tools watching; a closed stderr must not fail the build.
+        let _ = writeln!(self.out, "{}", event_json(event, time));
+    }
+}
+
+fn event_json(event: &ProgressEvent, time: f64) -> Value {
+    match event {
+        ProgressEvent::Started {
+            vertex,
+            name,
+            key,
+            cache_miss_reason,
+        } => json!({
+            "event": "started", "vertex": vertex.index(), "name": name, "time": time,
+            "key": key.as_ref().map(ToString::to_string),
+            "cache_miss_reason": cache_miss_reason.to_string(),
+        }),
+        ProgressEvent::Cached { vertex, name, key } => json!({
+            "event": "cached", "vertex": vertex.index(), "name": name, "key": key.to_string(),
+            "time": time,
+        }),
+        ProgressEvent::Output {
+            vertex,
+            stream,
+            line,
+        } => json!({
+            "event": "output", "vertex": vertex.index(), "time": time,
+            "stream": match stream { OutputStream::Stdout => "stdout", OutputStream::Stderr => "stderr" },
+            "line": line,
+        }),
+        ProgressEvent::Completed { vertex, duration } => json!({
+            "event": "completed", "vertex": vertex.index(), "duration": duration.as_secs_f64(),
+        }),
+        ProgressEvent::Failed {
+            vertex,
+            duration,
+            error,
+        } => json!({
+            "event": "failed", "vertex": vertex.index(), "duration": duration.as_secs_f64(),
+            "error": error,
+        }),
+        ProgressEvent::Cancelled { vertex } => {
+            json!({"event": "cancelled", "vertex": vertex.index()})
+        }
+    }
+}
+
+/// The last event of a successful build.
+pub(super) fn done(summary: &Summary, built: &Built<'_>) -> Value {
+    json!({
+        "event": "done", "image": built.id, "digest": built.digest, "names": built.names,
+        "ran": summary.ran, "cached": summary.cached, "duration": summary.elapsed.as_secs_f64(),
+    })
+}
