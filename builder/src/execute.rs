@@ -22,6 +22,7 @@ use imgb_cache::oci::Descriptor;
 use imgb_cache::{Digest, LayerChanges, LayerOptions, Store, write_layer};
 use imgb_runner::{CommitTo, Mount, MountKind, RunSpec, RunStatus, Runner};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -147,6 +148,21 @@ impl StoreExecutor {
             if let Some(mount) = self.mount(job, mount, &secrets_dir, &mut spec.env)? {
                 spec.mounts.push(mount);
             }
+        }
+        // Heredoc scripts with a shebang are executables the command names (BuildKit mounts
+        // them under /dev/pipes/): private files mounted read-only, never in the layer.
+        for (index, (target, data)) in exec.inline_files.iter().enumerate() {
+            let file = secrets_dir.path().join(format!("inline-{index}"));
+            std::fs::write(&file, data).map_err(failed)?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))
+                .map_err(failed)?;
+            spec.mounts.push(Mount {
+                target: target.clone(),
+                kind: MountKind::Bind {
+                    source: file,
+                    read_only: true,
+                },
+            });
         }
         spec.commit = Some(CommitTo {
             store: self.store.clone(),
