@@ -77,44 +77,6 @@ fn bundled_example_builds_runs_and_rebuilds_from_cache() {
 }
 
 #[test]
-fn changed_build_arg_reruns_only_the_steps_that_see_it_and_says_why() {
-    let Some((dir, busybox)) = setup() else {
-        return;
-    };
-    let root = dir.path().join("root");
-    let context = hello_context(dir.path(), &busybox);
-    let context = context.to_str().unwrap();
-    assert!(imgb(&root, &["build", context]).status.success());
-    let changed = imgb(
-        &root,
-        &[
-            "build",
-            "--progress",
-            "rawjson",
-            "--build-arg",
-            "GREETING=hi",
-            context,
-        ],
-    );
-    assert!(changed.status.success(), "{}", stderr(&changed));
-    let events = stderr(&changed);
-    assert_eq!(
-        events.matches("\"event\":\"cached\"").count(),
-        2,
-        "the base stage is reused:\n{events}"
-    );
-    assert_eq!(
-        events.matches("\"event\":\"started\"").count(),
-        1,
-        "{events}"
-    );
-    assert!(
-        events.contains("instruction changed"),
-        "the miss names its cause:\n{events}"
-    );
-}
-
-#[test]
 fn source_date_epoch_gives_identical_images_from_separate_roots_and_contexts() {
     let Some(busybox) = busybox() else { return };
     if !is_root() {

@@ -218,9 +218,12 @@ impl TestContext {
         std::fs::write(path, contents).unwrap();
     }
 
-    /// Builds with `args` in `root`, whatever the outcome, with plain progress.
+    /// Builds with `args` in `root`, whatever the outcome (plain progress unless `args` say).
     pub fn build(&self, root: &Path, args: &[&str]) -> Output {
-        let mut all = vec!["build", "--progress", "plain"];
+        let mut all = vec!["build"];
+        if !args.contains(&"--progress") {
+            all.extend(["--progress", "plain"]);
+        }
         all.extend_from_slice(args);
         let path = self.path();
         all.push(path.to_str().unwrap());
@@ -257,4 +260,16 @@ impl TestContext {
 /// `imgb run IMAGE sh -c SCRIPT` in `root`, which must succeed; its standard output.
 pub fn run_in(root: &Path, image: &str, script: &str) -> String {
     stdout(&imgb_ok(root, &["run", image, "--", "sh", "-c", script]))
+}
+
+/// The names of the steps a `--progress rawjson` build ran (started), internal source
+/// resolution left out, in event order.
+pub fn ran_steps(rawjson: &str) -> Vec<String> {
+    rawjson
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["event"] == "started")
+        .filter_map(|event| event["name"].as_str().map(str::to_string))
+        .filter(|name| !name.starts_with("[internal]"))
+        .collect()
 }
