@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("{error:#}");
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -236,17 +236,26 @@ fn fail(diagnostic: &Diagnostic) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The Dockerfile lines of the step named `[stage n/m] INSTRUCTION`, for a failure report.
+/// The Dockerfile lines behind a failed vertex, for a failure report: the step named
+/// `[stage n/m] INSTRUCTION`, or for an image that would not load (`[internal] load metadata
+/// for REF`), the instruction that reads it with `--from=REF` or `from=REF`.
 fn step_excerpt(loaded: &LoadedDockerfile, vertex_name: &str) -> Option<String> {
-    let code = vertex_name.split_once("] ")?.1;
-    let node = loaded
-        .dockerfile
-        .ast
-        .nodes
-        .iter()
-        .find(|node| node.original.trim() == code)?;
+    let nodes = &loaded.dockerfile.ast.nodes;
+    let node = match vertex_name.strip_prefix("[internal] load metadata for ") {
+        Some(reference) => nodes.iter().find(|node| {
+            node.original.split([' ', ',']).any(|word| {
+                word.strip_prefix("--from=")
+                    .or_else(|| word.strip_prefix("from="))
+                    == Some(reference)
+            })
+        })?,
+        None => {
+            let code = vertex_name.split_once("] ")?.1;
+            nodes.iter().find(|node| node.original.trim() == code)?
+        }
+    };
     Some(
-        Diagnostic::error(format!("the step failed: {code}"))
+        Diagnostic::error(format!("the step failed: {}", node.original.trim()))
             .at(node.span())
             .with_source(&loaded.name, &loaded.source)
             .to_string(),
