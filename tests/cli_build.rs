@@ -108,43 +108,6 @@ fn source_date_epoch_gives_identical_images_from_separate_roots_and_contexts() {
 }
 
 #[test]
-fn failing_run_reports_exit_code_output_and_the_dockerfile_line() {
-    let Some((dir, busybox)) = setup() else {
-        return;
-    };
-    let context = busybox_context(
-        dir.path(),
-        &busybox,
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail; exit 3\"]\n",
-    );
-    let output = imgb(
-        &dir.path().join("root"),
-        &["build", "--progress", "plain", context.to_str().unwrap()],
-    );
-    assert!(!output.status.success());
-    let text = stderr(&output);
-    assert!(text.contains("about to fail"), "{text}");
-    assert!(text.contains("exit code: 3"), "{text}");
-    assert!(text.contains("Dockerfile:3"), "{text}");
-}
-
-#[test]
-fn missing_base_image_is_a_located_error_with_a_hint() {
-    let dir = tempfile::tempdir().unwrap();
-    let context = dir.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::write(context.join("Dockerfile"), "FROM nosuchimage:1\nRUN true\n").unwrap();
-    let output = imgb(
-        &dir.path().join("root"),
-        &["build", context.to_str().unwrap()],
-    );
-    assert!(!output.status.success());
-    let text = stderr(&output);
-    assert!(text.contains("nosuchimage"), "{text}");
-    assert!(text.contains("imgb load"), "{text}");
-}
-
-#[test]
 fn built_image_exports_as_oci_and_docker_archives_that_skopeo_reads() {
     let Some((dir, busybox)) = setup() else {
         return;
