@@ -8,7 +8,9 @@ use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_conte
 use imgb_builder::execute::{Secret, StoreExecutor};
 use imgb_builder::solve::{Cancel, RecordStore, SolveOptions, Solved, Solver};
 use imgb_cache::oci::{self, Descriptor};
-use imgb_cache::{Compression, LayerOptions, OutputSpec, Reference, RootEnv, Store, export};
+use imgb_cache::{
+    Compression, Destination, LayerOptions, OutputSpec, Reference, RootEnv, Store, export,
+};
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
 use imgb_frontend::lower::lower;
@@ -220,6 +222,13 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    // An output written to standard output owns it: quiet mode's image ID would corrupt it.
+    let stdout_taken = outputs
+        .iter()
+        .any(|spec| matches!(spec.dest, Destination::Stdout));
+    if stdout_taken && args.progress == ProgressMode::Quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
     progress.finish(
         &summary,
         &Built {
