@@ -118,7 +118,7 @@ impl OverlayXattrs {
         }
     }
 
-    pub fn opaque_name(self) -> &'static str {
+    pub const fn opaque_name(self) -> &'static str {
         match self {
             Self::Trusted => "trusted.overlay.opaque",
             Self::User => "user.overlay.opaque",

@@ -11,8 +11,10 @@
 //!   read it; Docker media types unless `oci-mediatypes=true` (or zstd is asked for).
 //! - `local` / `tar`: the layers applied in order (whiteouts removing what they name).
 //!
-//! Stored blobs are reused as they are: nothing is recompressed unless `force-compression=true`
-//! asks for another compression than a layer has (the recompressed layer's diffID is checked).
+//! Layers are exported as the manifest names them: a stored blob as it is, a build step's layer
+//! (kept only as its snapshot) as its uncompressed tar rebuilt from the snapshot
+//! ([`Store::open_layer`]); nothing is compressed unless `force-compression=true` asks for
+//! another compression than a layer has (the converted layer's diffID is checked).
 //! When media types and layers are unchanged the stored manifest is exported byte for byte, so
 //! its digest is the one `imgb images` shows. Every blob is read through the verifying reader
 //! and outputs are written to a temporary name and renamed at the end, so a corrupt blob fails
@@ -28,6 +30,7 @@ use crate::compress::{Compression, Compressor};
 use crate::digest::{Digest, HashingWriter};
 use crate::image::StoredImage;
 use crate::layer::{LayerChanges, LayerError, write_tar};
+use crate::layer_source::LayerReader;
 use crate::oci::{
     Descriptor, DockerArchiveEntry, ImageIndex, ImageLayout, LayerCompression, annotation,
     canonical_json, media_type,
@@ -172,6 +175,8 @@ struct Prepared {
     manifest_bytes: Vec<u8>,
     config: Descriptor,
     layers: Vec<Descriptor>,
+    /// The layers' diffIDs, in the same order.
+    diff_ids: Vec<Digest>,
 }
 
 fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prepared, ExportError> {
@@ -249,6 +254,7 @@ fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prep
         manifest_bytes,
         config,
         layers,
+        diff_ids: image.config.rootfs.diff_ids.clone(),
     })
 }
 
@@ -268,7 +274,7 @@ fn convert_layer(
     compression: Compression,
 ) -> Result<Descriptor, ExportError> {
     let blob_path = store.blob_path(&layer.digest);
-    let reader = store.open_blob(&layer.digest, Some(layer.size))?;
+    let reader = store.open_layer(layer, diff_id)?;
     let (_, mut tar) = decompress(reader).map_err(read_error(&blob_path))?;
     let compressor = Compressor::new(store.blob_writer()?, compression, 0)
         .map_err(io_error("compress", &store.tmp_dir()))?;
@@ -301,6 +307,20 @@ fn convert_layer(
     ))
 }
 
+/// A layer (given its diffID) through [`Store::open_layer`], any other blob as stored.
+fn open_blob_or_layer(
+    store: &Store,
+    blob: &Descriptor,
+    diff_id: Option<&Digest>,
+) -> Result<LayerReader, StoreError> {
+    match diff_id {
+        Some(diff_id) => store.open_layer(blob, diff_id),
+        None => store
+            .open_blob(&blob.digest, Some(blob.size))
+            .map(LayerReader::Blob),
+    }
+}
+
 /// One index entry per name, annotated as BuildKit does; one bare entry without names.
 fn index_entries(manifest: &Descriptor, names: &[Reference]) -> Vec<Descriptor> {
     if names.is_empty() {
@@ -330,8 +350,14 @@ fn blob_path(digest: &Digest) -> String {
 /// Where an OCI layout is written.
 trait LayoutWriter {
     fn file(&mut self, path: &str, bytes: &[u8]) -> Result<(), ExportError>;
-    /// Copies a stored blob, verified.
-    fn stored_blob(&mut self, store: &Store, blob: &Descriptor) -> Result<(), ExportError>;
+    /// Copies a stored blob, verified; a layer's (with its diffID) may be rebuilt from its
+    /// snapshot.
+    fn stored_blob(
+        &mut self,
+        store: &Store,
+        blob: &Descriptor,
+        diff_id: Option<&Digest>,
+    ) -> Result<(), ExportError>;
     fn index(&mut self, entries: Vec<Descriptor>) -> Result<(), ExportError>;
 }
 
@@ -345,9 +371,9 @@ fn write_layout(
     let encode = |kind| move |source| ExportError::Encode { kind, source };
     let layout = canonical_json(&ImageLayout::default()).map_err(encode("oci-layout"))?;
     writer.file("oci-layout", &layout)?;
-    writer.stored_blob(store, &prepared.config)?;
-    for layer in &prepared.layers {
-        writer.stored_blob(store, layer)?;
+    writer.stored_blob(store, &prepared.config, None)?;
+    for (layer, diff_id) in prepared.layers.iter().zip(&prepared.diff_ids) {
+        writer.stored_blob(store, layer, Some(diff_id))?;
     }
     writer.file(
         &blob_path(&prepared.manifest.digest),
@@ -428,8 +454,13 @@ impl<W: Write> LayoutWriter for TarLayout<'_, W> {
         Ok(())
     }
 
-    fn stored_blob(&mut self, store: &Store, blob: &Descriptor) -> Result<(), ExportError> {
-        let mut reader = store.open_blob(&blob.digest, Some(blob.size))?;
+    fn stored_blob(
+        &mut self,
+        store: &Store,
+        blob: &Descriptor,
+        diff_id: Option<&Digest>,
+    ) -> Result<(), ExportError> {
+        let mut reader = open_blob_or_layer(store, blob, diff_id)?;
         if !self.header(&blob_path(&blob.digest), Kind::Regular, blob.size)? {
             return Ok(());
         }
@@ -502,12 +533,17 @@ impl LayoutWriter for DirLayout {
         })
     }
 
-    fn stored_blob(&mut self, store: &Store, blob: &Descriptor) -> Result<(), ExportError> {
+    fn stored_blob(
+        &mut self,
+        store: &Store,
+        blob: &Descriptor,
+        diff_id: Option<&Digest>,
+    ) -> Result<(), ExportError> {
         let dest = self.root.join(blob_path(&blob.digest));
         if fs::metadata(&dest).is_ok_and(|meta| meta.len() == blob.size) {
             return Ok(());
         }
-        let mut reader = store.open_blob(&blob.digest, Some(blob.size))?;
+        let mut reader = open_blob_or_layer(store, blob, diff_id)?;
         self.write_atomically(&dest, |out| {
             io::copy(&mut reader, out)
                 .map(drop)
@@ -636,7 +672,7 @@ impl Drop for OutputFile {
 fn flatten(store: &Store, image: &StoredImage, dir: &Path) -> Result<(), ExportError> {
     let options = ApplyOptions::default();
     for (layer, diff_id) in image.layers_with_diff_ids() {
-        let reader = store.open_blob(&layer.digest, Some(layer.size))?;
+        let reader = store.open_layer(layer, diff_id)?;
         let stats = apply_layer(reader, dir, &options).map_err(|source| ExportError::Apply {
             layer: layer.digest.clone(),
             source,

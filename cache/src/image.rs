@@ -211,7 +211,7 @@ impl Store {
         self.read_image(digest)
     }
 
-    /// Stores `config` and an OCI manifest for it and `layers` (whose blobs must be stored).
+    /// Stores `config` and an OCI manifest for it and `layers` (each a stored blob or a snapshot).
     pub fn write_image(
         &self,
         config: &ImageConfig,

@@ -17,6 +17,13 @@
 //! the new entry alone is enough, and for a directory it becomes opaque so nothing from below
 //! shows through. The tar is hashed (diffID), compressed and hashed again (blob digest) in one
 //! streaming pass straight into the blob store; memory does not grow with the layer.
+//!
+//! A directory in overlayfs form (an overlay upper directory, a snapshot) carries its deletions
+//! itself: [`write_overlay_tar`] turns each 0:0 character device into `.wh.NAME` and each
+//! directory marked `overlay.opaque=y` (`trusted.` or `user.`) into one with `.wh..wh..opq`,
+//! exactly as [`write_tar`] would for the same deletions listed in [`LayerChanges`]. So a
+//! snapshot's tar can be rebuilt from the snapshot alone, byte for byte, whenever it is needed
+//! ([`hash_overlay_tar`] gives its diffID without keeping it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -26,6 +33,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::apply::OverlayXattrs;
 use crate::compress::{Compression, CompressionLevelError, Compressor};
 use crate::digest::{Digest, HashingWriter};
 use crate::store::{BlobInfo, Store, StoreError};
@@ -136,10 +144,111 @@ pub fn write_tar(
     changes: &LayerChanges,
     source_date_epoch: Option<i64>,
 ) -> Result<(), LayerError> {
+    write_tar_of(out, source, changes, source_date_epoch, None)
+}
+
+/// How a directory in overlayfs form becomes its tar, besides its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OverlayTarSettings {
+    /// `SOURCE_DATE_EPOCH`: later mtimes are clamped to it.
+    pub source_date_epoch: Option<i64>,
+    /// The user namespace the tar's owners are seen from, when it is not the writer's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<IdMap>,
+}
+
+/// A user namespace's `uid_map` and `gid_map` (`inside outside count` ranges): owners are
+/// recorded as seen inside it, and those it does not map as the overflow id, as the kernel
+/// shows them there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdMap {
+    pub uids: Vec<[u32; 3]>,
+    pub gids: Vec<[u32; 3]>,
+}
+
+/// What the kernel shows inside a user namespace for an id it does not map (`overflowuid`).
+const OVERFLOW_ID: u32 = 65534;
+
+impl IdMap {
+    /// The current process's namespace, or `None` in the initial one (the identity map).
+    pub fn of_current_process() -> io::Result<Option<Self>> {
+        let read = |name| -> io::Result<Vec<[u32; 3]>> {
+            let path = Path::new("/proc/self").join(name);
+            let text = fs::read_to_string(&path)?;
+            text.lines()
+                .map(|line| {
+                    let fields: Vec<u32> = line
+                        .split_whitespace()
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| {
+                            io::Error::other(format!("{}: bad line {line:?}", path.display()))
+                        })?;
+                    <[u32; 3]>::try_from(fields).map_err(|_| {
+                        io::Error::other(format!("{}: bad line {line:?}", path.display()))
+                    })
+                })
+                .collect()
+        };
+        let map = Self {
+            uids: read("uid_map")?,
+            gids: read("gid_map")?,
+        };
+        let identity = [[0, 0, u32::MAX]];
+        Ok((map.uids != identity || map.gids != identity).then_some(map))
+    }
+
+    fn inside(ranges: &[[u32; 3]], outside: u32) -> u32 {
+        ranges
+            .iter()
+            .find_map(|&[inside, start, count]| {
+                let offset = outside.checked_sub(start)?;
+                (offset < count).then(|| inside.saturating_add(offset))
+            })
+            .unwrap_or(OVERFLOW_ID)
+    }
+}
+
+/// Writes the tar for a directory in overlayfs form (whiteout devices, opaque xattrs).
+pub fn write_overlay_tar(
+    out: impl Write,
+    source: &Path,
+    settings: &OverlayTarSettings,
+) -> Result<(), LayerError> {
+    write_tar_of(
+        out,
+        source,
+        &LayerChanges::default(),
+        settings.source_date_epoch,
+        Some(settings.ids.as_ref()),
+    )
+}
+
+/// The diffID and length of [`write_overlay_tar`]'s tar, which is not kept.
+pub fn hash_overlay_tar(
+    source: &Path,
+    settings: &OverlayTarSettings,
+) -> Result<(Digest, u64), LayerError> {
+    let mut hashed = HashingWriter::new(io::sink());
+    write_overlay_tar(&mut hashed, source, settings)?;
+    let (_, diff_id, size) = hashed.finish();
+    Ok((diff_id, size))
+}
+
+/// `overlay`: `None` for deletions listed in `changes`, else the overlayfs form's id view.
+fn write_tar_of(
+    out: impl Write,
+    source: &Path,
+    changes: &LayerChanges,
+    source_date_epoch: Option<i64>,
+    overlay: Option<Option<&IdMap>>,
+) -> Result<(), LayerError> {
     let root_changes = ChangeNode::build(changes)?;
     let mut writer = TarWriter {
         out: BufWriter::with_capacity(TAR_BUFFER, out),
         epoch: source_date_epoch,
+        overlay_form: overlay.is_some(),
+        ids: overlay.flatten(),
         first_paths: HashMap::new(),
         copy_buffer: vec![0u8; TAR_BUFFER],
     };
@@ -216,15 +325,19 @@ enum Item<'a> {
     ChangesOnly(OsString, &'a ChangeNode),
 }
 
-struct TarWriter<W: Write> {
+struct TarWriter<'a, W: Write> {
     out: BufWriter<W>,
     epoch: Option<i64>,
+    /// Whether the source holds its deletions in overlayfs form.
+    overlay_form: bool,
+    /// The namespace owners are recorded as seen from (`None`: as this process sees them).
+    ids: Option<&'a IdMap>,
     /// (dev, ino) → archive path of the first link seen.
     first_paths: HashMap<(u64, u64), Vec<u8>>,
     copy_buffer: Vec<u8>,
 }
 
-impl<W: Write> TarWriter<W> {
+impl<W: Write> TarWriter<'_, W> {
     /// Writes the children of `dir` (whose archive path is `prefix`, `/`-terminated or empty)
     /// merged with the whiteouts of `changes`. `dir` is `None` for a directory that exists
     /// only below this layer and holds deeper whiteouts.
@@ -235,14 +348,22 @@ impl<W: Write> TarWriter<W> {
         changes: Option<&ChangeNode>,
     ) -> Result<(), LayerError> {
         let mut names = Vec::new();
+        let mut items: Vec<(Vec<u8>, Item<'_>)> = Vec::new();
         if let Some(dir) = dir {
             for entry in fs::read_dir(dir).map_err(io_error("read directory", dir))? {
-                names.push(entry.map_err(io_error("read directory", dir))?.file_name());
+                let entry = entry.map_err(io_error("read directory", dir))?;
+                if self.overlay_form && is_whiteout_device(&entry)? {
+                    let mut key = WHITEOUT_PREFIX.as_bytes().to_vec();
+                    key.extend_from_slice(entry.file_name().as_bytes());
+                    items.push((key, Item::Whiteout(entry.file_name())));
+                } else {
+                    names.push(entry.file_name());
+                }
             }
         }
         names.sort();
         let change_children = changes.map(|node| &node.children);
-        let mut items: Vec<(Vec<u8>, Item<'_>)> = Vec::with_capacity(names.len());
+        items.reserve(names.len());
         for (name, node) in change_children.into_iter().flatten() {
             if names.binary_search(name).is_ok() {
                 continue;
@@ -304,13 +425,19 @@ impl<W: Write> TarWriter<W> {
         if file_type.is_socket() {
             return Ok(());
         }
-        let xattrs = read_xattrs(path)?;
+        let (xattrs, overlay_opaque) = read_xattrs(path)?;
         let mut header = EntryHeader {
             path: &[],
             kind: Kind::Regular,
             mode: meta.mode(),
-            uid: u64::from(meta.uid()),
-            gid: u64::from(meta.gid()),
+            uid: u64::from(
+                self.ids
+                    .map_or(meta.uid(), |ids| IdMap::inside(&ids.uids, meta.uid())),
+            ),
+            gid: u64::from(
+                self.ids
+                    .map_or(meta.gid(), |ids| IdMap::inside(&ids.gids, meta.gid())),
+            ),
             size: 0,
             mtime: self.clamp(meta.mtime()),
             link: &[],
@@ -324,7 +451,8 @@ impl<W: Write> TarWriter<W> {
             header.path = archive_path;
             self.emit(&header)?;
             // A deleted-then-recreated directory must hide what was below it.
-            if changes.is_some_and(|node| node.opaque || node.deleted) {
+            let listed_opaque = changes.is_some_and(|node| node.opaque || node.deleted);
+            if listed_opaque || (self.overlay_form && overlay_opaque) {
                 let len = archive_path.len();
                 archive_path.extend_from_slice(OPAQUE_MARKER.as_bytes());
                 self.write_marker(archive_path)?;
@@ -431,16 +559,36 @@ pub(crate) fn is_host_xattr(name: &[u8]) -> bool {
         || name == b"security.selinux"
 }
 
-/// The file's own xattrs (not following symlinks), sorted by name.
-fn read_xattrs(path: &Path) -> Result<Xattrs, LayerError> {
+/// Whether a directory entry is an overlayfs whiteout: a character device numbered 0:0.
+fn is_whiteout_device(entry: &fs::DirEntry) -> Result<bool, LayerError> {
+    let path = || entry.path();
+    let file_type = entry
+        .file_type()
+        .map_err(|error| io_error("stat", &path())(error))?;
+    if !file_type.is_char_device() {
+        return Ok(false);
+    }
+    let meta = entry
+        .metadata()
+        .map_err(|error| io_error("stat", &path())(error))?;
+    Ok(meta.rdev() == 0)
+}
+
+/// The file's own xattrs (not following symlinks), sorted by name, and whether it carries
+/// overlayfs' opaque marker (which, like all host xattrs, is not among them).
+fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), LayerError> {
     let names = match xattr_call(|buf| rustix::fs::llistxattr(path, buf)) {
         Ok(names) => names,
-        Err(errno) if errno == rustix::io::Errno::NOTSUP => return Ok(Vec::new()),
+        Err(errno) if errno == rustix::io::Errno::NOTSUP => return Ok((Vec::new(), false)),
         Err(errno) => return Err(io_error("list xattrs of", path)(errno.into())),
     };
     let mut xattrs = Vec::new();
+    let mut opaque = false;
     for name in names.split(|&b| b == 0).filter(|name| !name.is_empty()) {
-        if is_host_xattr(name) {
+        let is_opaque_marker = OVERLAY_OPAQUE_NAMES
+            .iter()
+            .any(|marker| marker.as_bytes() == name);
+        if is_host_xattr(name) && !is_opaque_marker {
             continue;
         }
         let value = match xattr_call(|buf| rustix::fs::lgetxattr(path, name, buf)) {
@@ -449,11 +597,21 @@ fn read_xattrs(path: &Path) -> Result<Xattrs, LayerError> {
             Err(errno) if errno == rustix::io::Errno::NODATA => continue,
             Err(errno) => return Err(io_error("read xattr of", path)(errno.into())),
         };
-        xattrs.push((name.to_vec(), value));
+        if is_opaque_marker {
+            opaque |= value == b"y";
+        } else {
+            xattrs.push((name.to_vec(), value));
+        }
     }
     xattrs.sort();
-    Ok(xattrs)
+    Ok((xattrs, opaque))
 }
+
+/// overlayfs' opaque-directory xattr, in both namespaces it may use.
+const OVERLAY_OPAQUE_NAMES: [&str; 2] = [
+    OverlayXattrs::Trusted.opaque_name(),
+    OverlayXattrs::User.opaque_name(),
+];
 
 /// Runs an xattr call with a growing buffer (Linux caps names and values at 64 KiB).
 fn xattr_call(

@@ -9,10 +9,12 @@
 //! - [`root`]: where the state directory is when `--root` is not given.
 //! - [`store`]: the directory layout and the blob store (streaming, verified).
 //! - [`lock`]: cross-process `flock` locks; the image name table uses them.
-//! - [`layer`]: a directory plus deletions → a byte-identical tar, compressed ([`compress`])
-//!   and hashed (diffID and blob digest) in one streaming pass into the store.
+//! - [`layer`]: a directory plus deletions (listed, or in overlayfs form) → a byte-identical
+//!   tar, compressed ([`compress`]) and hashed (diffID and blob digest) in one streaming pass.
 //! - [`apply`]: a layer tar (any compression) → a directory, never touching anything outside it.
-//! - [`snapshot`]: one unpacked tree per layer (overlayfs lower directories), made once.
+//! - [`snapshot`]: one unpacked tree per layer (overlayfs lower directories), made once from a
+//!   blob, or adopted as it is from the directory a build step wrote.
+//! - [`layer_source`]: a layer's blob, stored or rebuilt from its snapshot, verified either way.
 //! - [`oci`]: the image model (index, manifest, config) and canonical JSON.
 //! - [`mod@reference`]: image names normalized as Docker does.
 //! - [`image`]: images in the store (manifest + config + layers, named).
@@ -22,10 +24,19 @@
 //! Internals: `tar_format` encodes headers, `tar_reader` parses untrusted archives, `confined`
 //! resolves paths inside a directory as if it were `/`.
 //!
+//! Storage model (BuildKit's): a layer a build step makes is stored once, as its snapshot. Its
+//! diffID is the hash of its deterministic tar, streamed and not kept; manifests name it as an
+//! uncompressed layer (digest = diffID, size = tar length), so an image's manifest digest never
+//! depends on whether or when a blob was written. The tar is rebuilt from the snapshot when an
+//! export, `imgb save` or a push reads the layer; compression happens only there
+//! (`force-compression=true`). Base image layers keep the blobs they were loaded as.
+//!
 //! Invariants:
 //! - Every file is written to `tmp/`, fsynced and renamed into place: a reader never sees a
 //!   partial blob, and a record is written only after everything it names is durable.
-//! - Readers verify digests and sizes; corruption is an error naming the digest and the path.
+//!   Snapshots are directories completed (and the filesystem synced) before that rename.
+//! - Readers verify digests and sizes; corruption is an error naming the digest and the path
+//!   (a snapshot that no longer gives its layer's tar, too).
 //! - Layer bytes depend only on the tree's content and metadata (and `SOURCE_DATE_EPOCH`),
 //!   never on the clock, the host's user names, walk order or thread count.
 
@@ -38,6 +49,7 @@ pub mod image;
 mod images;
 pub mod import;
 pub mod layer;
+pub mod layer_source;
 pub mod lock;
 pub mod oci;
 pub mod output;
@@ -58,10 +70,14 @@ pub use digest::{Digest, DigestError};
 pub use export::{ExportError, ExportReport, export};
 pub use image::{ImageError, ImageSummary, StoredImage};
 pub use import::{ImportError, LoadedImage, load_archive};
-pub use layer::{Layer, LayerChanges, LayerError, LayerOptions, write_layer, write_tar};
+pub use layer::{
+    IdMap, Layer, LayerChanges, LayerError, LayerOptions, OverlayTarSettings, hash_overlay_tar,
+    write_layer, write_overlay_tar, write_tar,
+};
+pub use layer_source::LayerReader;
 pub use lock::FileLock;
 pub use output::{Destination, OutputKind, OutputSpec, OutputSpecError};
 pub use reference::{Reference, ReferenceError};
 pub use root::RootEnv;
-pub use snapshot::SnapshotError;
+pub use snapshot::{SnapshotError, SnapshotLayer};
 pub use store::{BlobInfo, BlobReader, BlobWriter, Store, StoreError};

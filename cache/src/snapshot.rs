@@ -6,24 +6,55 @@
 //! rootless mounts with `userxattr`) rather than applied. The directory name is the bare hex:
 //! overlayfs separates lower directories with `:`, so `sha256:` cannot appear in the path.
 //!
+//! Snapshots come into being two ways:
+//! - [`Store::ensure_snapshot`] unpacks a stored blob (base images, loaded archives);
+//! - [`Store::adopt_snapshot`] takes over a directory a build step wrote in `tmp/` (a RUN's
+//!   overlay upper directory, a COPY's output) as it is. The step's layer is then stored *only*
+//!   as this snapshot: its diffID is the hash of [`write_overlay_tar`]'s tar, streamed and never
+//!   kept, and its blob (the uncompressed tar, digest = diffID) is rebuilt from the snapshot when
+//!   an export or push needs it (see [`crate::layer_source`]). Rebuilding needs the settings
+//!   the tar was hashed with (`SOURCE_DATE_EPOCH`, and the user namespace of a rootless step,
+//!   whose owners the tar records as the step saw them); they are kept in
+//!   `snapshots/<hex>.json` ([`OverlayTarSettings`]). Rebuilding runs in the initial user
+//!   namespace.
+//!
 //! Invariants:
 //! - A snapshot is made at most once per diffID at a time: makers serialize on
 //!   `snapshots/<hex>.lock`, and the loser of a race finds the winner's snapshot.
-//! - It is built in `tmp/` from the verified blob, its diffID is checked against the expected
-//!   one, the filesystem is synced, and only then is it renamed into place: a snapshot that
-//!   exists is complete. A crash leaves only a directory in `tmp/`.
+//! - It is complete before it is renamed into place: unpacked in `tmp/` from the verified blob
+//!   with its diffID checked, or adopted after it was hashed; the filesystem is synced first. A
+//!   snapshot that exists is complete. A crash leaves only a directory in `tmp/` (or a
+//!   `.json` file whose snapshot never appeared, rewritten by the next adoption).
 //! - Snapshots are read-only by contract: nothing here or in the runner writes to them (the
-//!   runner's writes go to an overlay upper directory).
+//!   runner's writes go to an overlay upper directory), so a snapshot's tar never changes.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::apply::{ApplyError, ApplyOptions, OverlayXattrs, Whiteouts, apply_layer};
 use crate::digest::Digest;
+use crate::layer::{IdMap, LayerError, OverlayTarSettings, hash_overlay_tar, write_overlay_tar};
 use crate::lock::FileLock;
-use crate::oci::Descriptor;
-use crate::store::{Store, StoreError, TmpDir};
+use crate::oci::{Descriptor, media_type};
+use crate::store::{Store, StoreError, TmpDir, TmpFile, remove_tree};
+
+/// A layer held as its snapshot: what a build step yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotLayer {
+    /// sha256 of the layer's uncompressed tar.
+    pub diff_id: Digest,
+    /// Length of that tar.
+    pub tar_size: u64,
+}
+
+impl SnapshotLayer {
+    /// The layer's blob as manifests name it: the uncompressed tar, derived from the snapshot.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(media_type::OCI_LAYER, self.diff_id.clone(), self.tar_size)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -56,8 +87,50 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    #[error("writing the tar of {path}: {source}", path = path.display())]
+    Tar {
+        path: PathBuf,
+        #[source]
+        source: LayerError,
+    },
+    #[error(
+        "snapshot settings {path} are unreadable: {source} \
+         (hint: delete the file and the snapshot next to it, then rebuild)",
+        path = path.display()
+    )]
+    BadSettings {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "the snapshot {path} no longer gives its layer: its tar has {actual_size} bytes{}, \
+         the layer {expected} has {expected_size} \
+         (hint: something changed the snapshot; delete it and rebuild)",
+        actual.as_ref().map(|digest| format!(" and digest {digest}")).unwrap_or_default(),
+        path = path.display()
+    )]
+    TarMismatch {
+        path: PathBuf,
+        expected: Digest,
+        expected_size: u64,
+        actual: Option<Digest>,
+        actual_size: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io { op, path, source }
+}
+
+/// Flushes everything written under `path`'s filesystem, so a rename that follows publishes
+/// durable content.
+fn sync_filesystem(path: &Path) -> Result<(), SnapshotError> {
+    let dir = File::open(path).map_err(io_error("open", path))?;
+    rustix::fs::syncfs(&dir).map_err(|errno| io_error("sync the filesystem of", path)(errno.into()))
 }
 
 impl Store {
@@ -88,6 +161,111 @@ impl Store {
             .collect()
     }
 
+    fn settings_path(&self, diff_id: &Digest) -> PathBuf {
+        self.snapshots_dir().join(format!("{}.json", diff_id.hex()))
+    }
+
+    /// The settings the adopted snapshot of `diff_id` was hashed with (defaults when it was
+    /// unpacked from a blob).
+    pub fn snapshot_tar_settings(
+        &self,
+        diff_id: &Digest,
+    ) -> Result<OverlayTarSettings, SnapshotError> {
+        let path = self.settings_path(diff_id);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| SnapshotError::BadSettings { path, source }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(OverlayTarSettings::default())
+            }
+            Err(error) => Err(io_error("read", &path)(error)),
+        }
+    }
+
+    /// Writes the snapshot of `diff_id` as its tar (see [`write_overlay_tar`]).
+    pub fn write_snapshot_tar(
+        &self,
+        diff_id: &Digest,
+        out: impl io::Write,
+    ) -> Result<(), SnapshotError> {
+        let path = self.snapshot_path(diff_id);
+        let settings = self.snapshot_tar_settings(diff_id)?;
+        write_overlay_tar(out, &path, &settings)
+            .map_err(|source| SnapshotError::Tar { path, source })
+    }
+
+    /// Takes `dir` (a complete directory in overlayfs form inside `tmp/`, which nothing writes
+    /// any more) as the snapshot of its layer, whose tar clamps mtimes to `source_date_epoch`
+    /// and records owners as this process sees them.
+    /// Afterwards `dir` is gone: moved into place, or removed when the layer was already there.
+    pub fn adopt_snapshot(
+        &self,
+        dir: &Path,
+        source_date_epoch: Option<i64>,
+    ) -> Result<SnapshotLayer, SnapshotError> {
+        let tar_error = |source| SnapshotError::Tar {
+            path: dir.to_owned(),
+            source,
+        };
+        let (diff_id, tar_size) = hash_overlay_tar(
+            dir,
+            &OverlayTarSettings {
+                source_date_epoch,
+                ids: None,
+            },
+        )
+        .map_err(tar_error)?;
+        let layer = SnapshotLayer { diff_id, tar_size };
+        let path = self.snapshot_path(&layer.diff_id);
+        let _lock = FileLock::exclusive(&self.lock_path(&layer.diff_id))?;
+        if path.is_dir() {
+            remove_tree(dir).map_err(io_error("remove", dir))?;
+            return Ok(layer);
+        }
+        // The root has no tar entry; as a lower directory it is only traversed.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .map_err(io_error("chmod", dir))?;
+        let settings = OverlayTarSettings {
+            source_date_epoch,
+            ids: IdMap::of_current_process().map_err(io_error("read the id maps of", dir))?,
+        };
+        let settings_path = self.settings_path(&layer.diff_id);
+        if settings == OverlayTarSettings::default() {
+            match fs::remove_file(&settings_path) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error("remove", &settings_path)(error));
+                }
+                _ => {}
+            }
+        } else {
+            let bytes = serde_json::to_vec(&settings)
+                .map_err(|source| io_error("encode", &settings_path)(io::Error::other(source)))?;
+            let mut file = TmpFile::create(&self.tmp_dir(), "snapshot-settings")?;
+            io::Write::write_all(&mut file, &bytes).map_err(io_error("write", &settings_path))?;
+            file.persist(&settings_path)?;
+        }
+        sync_filesystem(dir)?;
+        fs::rename(dir, &path).map_err(|source| {
+            let hint = if source.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) {
+                " (the directory must be inside the store's tmp/)"
+            } else {
+                ""
+            };
+            io_error("rename into place", &path)(io::Error::new(
+                source.kind(),
+                format!("from {}: {source}{hint}", dir.display()),
+            ))
+        })?;
+        File::open(self.snapshots_dir())
+            .and_then(|snapshots| snapshots.sync_all())
+            .map_err(io_error("fsync", &self.snapshots_dir()))?;
+        Ok(layer)
+    }
+
+    fn lock_path(&self, diff_id: &Digest) -> PathBuf {
+        self.snapshots_dir().join(format!("{}.lock", diff_id.hex()))
+    }
+
     /// Makes the snapshot of the stored layer blob `layer` unless it exists; `diff_id` is what
     /// the image config says the layer unpacks to, and is verified.
     pub fn ensure_snapshot(
@@ -99,8 +277,7 @@ impl Store {
         if path.is_dir() {
             return Ok(path);
         }
-        let lock_path = self.snapshots_dir().join(format!("{}.lock", diff_id.hex()));
-        let _lock = FileLock::exclusive(&lock_path)?;
+        let _lock = FileLock::exclusive(&self.lock_path(diff_id))?;
         if path.is_dir() {
             return Ok(path);
         }
@@ -123,14 +300,8 @@ impl Store {
                 actual,
             });
         }
-        let io_error = |op, path: &std::path::Path| {
-            let path = path.to_owned();
-            move |source| SnapshotError::Io { op, path, source }
-        };
-        let staged = File::open(staging.path()).map_err(io_error("open", staging.path()))?;
-        rustix::fs::syncfs(&staged)
-            .map_err(|errno| io_error("sync the filesystem of", staging.path())(errno.into()))?;
-        std::fs::rename(staging.path(), &path).map_err(io_error("rename into place", &path))?;
+        sync_filesystem(staging.path())?;
+        fs::rename(staging.path(), &path).map_err(io_error("rename into place", &path))?;
         staging.keep();
         File::open(self.snapshots_dir())
             .and_then(|dir| dir.sync_all())
@@ -153,11 +324,7 @@ mod tests {
         (dir, store)
     }
 
-    fn layer(
-        store: &Store,
-        source: &std::path::Path,
-        changes: &LayerChanges,
-    ) -> (Descriptor, Digest) {
+    fn layer(store: &Store, source: &Path, changes: &LayerChanges) -> (Descriptor, Digest) {
         let options = LayerOptions {
             compression: Compression::GZIP_DEFAULT,
             source_date_epoch: Some(1_700_000_000),
@@ -272,5 +439,106 @@ mod tests {
         assert_eq!(&value[..len], b"y");
         assert!(!path.join("opaque/.wh..wh..opq").exists());
         assert_eq!(fs::read(path.join("opaque/new")).unwrap(), b"n");
+    }
+
+    /// A directory in `tmp/` with a file, a hardlink pair and a subdirectory.
+    fn step_output(store: &Store, name: &str) -> PathBuf {
+        let dir = store.tmp_dir().join(name);
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/file"), b"content").unwrap();
+        fs::write(dir.join("a"), vec![b'a'; 3000]).unwrap();
+        fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
+        dir
+    }
+
+    fn tar_of_snapshot(store: &Store, diff_id: &Digest) -> Vec<u8> {
+        let mut tar = Vec::new();
+        store.write_snapshot_tar(diff_id, &mut tar).unwrap();
+        tar
+    }
+
+    #[test]
+    fn adopted_directory_becomes_the_snapshot_and_gives_back_its_tar() {
+        let (_dir, store) = store();
+        let output = step_output(&store, "step");
+        let mut expected = Vec::new();
+        crate::layer::write_tar(&mut expected, &output, &LayerChanges::default(), Some(5)).unwrap();
+
+        let layer = store.adopt_snapshot(&output, Some(5)).unwrap();
+        assert!(!output.exists(), "adoption moves the directory");
+        assert_eq!(layer.diff_id, Digest::of(&expected));
+        assert_eq!(layer.tar_size, expected.len() as u64);
+        let path = store.snapshot(&layer.diff_id).unwrap();
+        assert_eq!(fs::read(path.join("sub/file")).unwrap(), b"content");
+        assert_eq!(
+            tar_of_snapshot(&store, &layer.diff_id),
+            expected,
+            "the epoch the tar was hashed with is kept for rebuilding it"
+        );
+        assert_eq!(layer.descriptor().media_type, media_type::OCI_LAYER);
+        assert_eq!(layer.descriptor().digest, layer.diff_id);
+    }
+
+    #[test]
+    fn adopting_a_layer_that_exists_discards_the_new_directory() {
+        let (_dir, store) = store();
+        let first = store
+            .adopt_snapshot(&step_output(&store, "first"), None)
+            .unwrap();
+        let again = step_output(&store, "again");
+        let second = store.adopt_snapshot(&again, None).unwrap();
+        assert_eq!(first, second);
+        assert!(!again.exists());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn concurrent_adopters_of_one_layer_all_get_it() {
+        let (_dir, store) = store();
+        let outputs: Vec<PathBuf> = (0..4)
+            .map(|i| step_output(&store, &format!("out{i}")))
+            .collect();
+        let layers: Vec<SnapshotLayer> = std::thread::scope(|scope| {
+            let handles: Vec<_> = outputs
+                .iter()
+                .map(|output| scope.spawn(|| store.adopt_snapshot(output, None).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(layers.windows(2).all(|pair| pair[0] == pair[1]));
+        assert!(store.snapshot(&layers[0].diff_id).is_some());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn overlay_whiteouts_give_the_tar_of_the_listed_deletions() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("notice: not root; overlay whiteout devices need CAP_MKNOD, skipping");
+            return;
+        }
+        let (dir, store) = store();
+        // The same change twice: deletions listed, and in overlayfs form.
+        let listed = dir.path().join("listed");
+        fs::create_dir_all(listed.join("opaque")).unwrap();
+        fs::write(listed.join("opaque/new"), b"n").unwrap();
+        fs::create_dir_all(listed.join("sub")).unwrap();
+        fs::write(listed.join("sub/kept"), b"k").unwrap();
+        let changes = LayerChanges {
+            deleted: vec!["gone".into(), "sub/also-gone".into()],
+            opaque_dirs: vec!["opaque".into()],
+        };
+        let (descriptor, listed_diff_id) = layer(&store, &listed, &changes);
+        let overlay = store.ensure_snapshot(&descriptor, &listed_diff_id).unwrap();
+        let copy = store.tmp_dir().join("overlay-form");
+        let status = std::process::Command::new("cp")
+            .args(["-a", "--"])
+            .arg(&overlay)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::remove_dir_all(&overlay).unwrap();
+        let adopted = store.adopt_snapshot(&copy, Some(1_700_000_000)).unwrap();
+        assert_eq!(adopted.diff_id, listed_diff_id);
     }
 }

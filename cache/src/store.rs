@@ -87,6 +87,12 @@ pub enum StoreError {
     },
     #[error("written content hashes to {actual}, expected {expected}")]
     UnexpectedDigest { expected: Digest, actual: Digest },
+    #[error("layer {digest}, rebuilt from its snapshot: {source}")]
+    SnapshotTar {
+        digest: Digest,
+        #[source]
+        source: Box<crate::snapshot::SnapshotError>,
+    },
     #[error("invalid image name {name:?}: {reason}")]
     InvalidImageName { name: String, reason: &'static str },
     #[error("image name table {path} is unreadable: {source}", path = path.display())]

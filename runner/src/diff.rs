@@ -1,37 +1,24 @@
-//! The overlay's upper directory → what the layer writer takes: the directory itself plus the
-//! deletions and opaque directories, in OCI terms.
+//! The overlay's upper directory → the step's layer, in overlayfs form: the store adopts the
+//! directory as the layer's snapshot as it is, whiteout devices and opaque xattrs included
+//! (the layer writer turns them into OCI whiteouts, see `imgb_cache::layer`).
 //!
 //! Runs after the container is gone (its mount namespace, and with it the overlay, no longer
-//! exists), on a directory nothing else uses; it edits the directory in place:
-//! - imgb's stubs (paths created only to mount on) are removed, and so are directories that
-//!   were copied up only because a stub went into them — recognized as empty, not opaque, with
-//!   the mode and owner they had before (an mtime-only change to such a directory is lost);
-//! - overlay whiteouts (0:0 character devices) are removed and become deleted paths;
-//! - directories marked opaque (`trusted.overlay.opaque=y`, or `user.` for `userxattr`
-//!   mounts) are listed as opaque; the marker xattr itself never reaches the layer.
+//! exists), on a directory nothing else uses; it edits the directory in place: imgb's stubs
+//! (paths created only to mount on) are removed, and so are directories that were copied up
+//! only because a stub went into them — recognized as empty, not opaque, with the mode and
+//! owner they had before (an mtime-only change to such a directory is lost).
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use imgb_cache::{LayerChanges, OverlayXattrs};
+use imgb_cache::OverlayXattrs;
 
 use crate::resolve::Stubs;
 
-/// Removes imgb's stubs from `upper` and collects its whiteouts and opaque directories.
-pub(crate) fn prepare_upper(
-    upper: &Path,
-    stubs: &Stubs,
-    xattrs: OverlayXattrs,
-) -> io::Result<LayerChanges> {
-    remove_stubs(upper, stubs, xattrs)?;
-    let mut changes = LayerChanges::default();
-    collect(upper, &mut PathBuf::new(), xattrs, &mut changes)?;
-    Ok(changes)
-}
-
-fn remove_stubs(upper: &Path, stubs: &Stubs, xattrs: OverlayXattrs) -> io::Result<()> {
+/// Removes imgb's stubs (and the parents copied up only for them) from `upper`.
+pub(crate) fn remove_stubs(upper: &Path, stubs: &Stubs, xattrs: OverlayXattrs) -> io::Result<()> {
     for stub in stubs.created.iter().rev() {
         let path = upper.join(stub);
         let Some(meta) = metadata(&path)? else {
@@ -94,32 +81,6 @@ fn is_opaque(path: &Path, xattrs: OverlayXattrs) -> io::Result<bool> {
     }
 }
 
-/// Walks `dir` (at `relative` inside the upper directory), removing whiteouts as it lists them.
-fn collect(
-    dir: &Path,
-    relative: &mut PathBuf,
-    xattrs: OverlayXattrs,
-    changes: &mut LayerChanges,
-) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let meta = entry.metadata()?;
-        relative.push(entry.file_name());
-        if meta.file_type().is_char_device() && meta.rdev() == 0 {
-            fs::remove_file(&path)?;
-            changes.deleted.push(relative.clone());
-        } else if meta.is_dir() {
-            if is_opaque(&path, xattrs)? {
-                changes.opaque_dirs.push(relative.clone());
-            }
-            collect(&path, relative, xattrs, changes)?;
-        }
-        relative.pop();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,8 +115,7 @@ mod tests {
                 },
             ],
         };
-        let changes = prepare_upper(upper, &stubs, OverlayXattrs::User).unwrap();
-        assert_eq!(changes, LayerChanges::default());
+        remove_stubs(upper, &stubs, OverlayXattrs::User).unwrap();
         let mut left: Vec<_> = fs::read_dir(upper)
             .unwrap()
             .map(|entry| entry.unwrap().file_name())
@@ -180,7 +140,7 @@ mod tests {
                 gid: meta.gid(),
             }],
         };
-        prepare_upper(dir.path(), &stubs, OverlayXattrs::User).unwrap();
+        remove_stubs(dir.path(), &stubs, OverlayXattrs::User).unwrap();
         assert!(dir.path().join("etc").is_dir());
     }
 
@@ -193,7 +153,7 @@ mod tests {
             created: vec!["work".into()],
             parents: vec![],
         };
-        prepare_upper(dir.path(), &stubs, OverlayXattrs::User).unwrap();
+        remove_stubs(dir.path(), &stubs, OverlayXattrs::User).unwrap();
         assert!(dir.path().join("work/out").is_file());
     }
 }

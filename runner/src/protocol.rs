@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use imgb_cache::{BlobInfo, Compression, Digest};
+use imgb_cache::Digest;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -112,45 +112,16 @@ pub(crate) struct ExecSpec {
     pub no_new_privileges: bool,
 }
 
-/// [`LayerOptions`](imgb_cache::LayerOptions) on the wire.
+/// Where the supervisor adopts the step's upper directory as a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct CommitSpec {
     pub store_root: PathBuf,
-    pub compression: WireCompression,
     pub source_date_epoch: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) enum WireCompression {
-    None,
-    Gzip(u32),
-    Zstd(i32),
-}
-
-impl From<Compression> for WireCompression {
-    fn from(compression: Compression) -> Self {
-        match compression {
-            Compression::None => Self::None,
-            Compression::Gzip { level } => Self::Gzip(level),
-            Compression::Zstd { level } => Self::Zstd(level),
-        }
-    }
-}
-
-impl From<WireCompression> for Compression {
-    fn from(compression: WireCompression) -> Self {
-        match compression {
-            WireCompression::None => Self::None,
-            WireCompression::Gzip(level) => Self::Gzip { level },
-            WireCompression::Zstd(level) => Self::Zstd { level },
-        }
-    }
-}
-
-/// A layer the supervisor wrote into the store.
+/// The layer the supervisor adopted as a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct CommittedLayer {
-    pub blob: BlobInfo,
     pub diff_id: Digest,
     pub tar_size: u64,
 }

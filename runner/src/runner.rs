@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use imgb_cache::Layer;
+use imgb_cache::SnapshotLayer;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -84,7 +84,7 @@ impl RunStatus {
 pub struct RunOutcome {
     pub status: RunStatus,
     /// The step's changes, when [`RunSpec::commit`] was set and the command exited with 0.
-    pub layer: Option<Layer>,
+    pub layer: Option<SnapshotLayer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,15 +262,9 @@ impl Runner {
                     (Ended::Killed, Some(reason)) => reason,
                     (Ended::Killed, None) => RunStatus::Cancelled,
                 },
-                layer: layer.map(|layer| Layer {
-                    blob: layer.blob,
+                layer: layer.map(|layer| SnapshotLayer {
                     diff_id: layer.diff_id,
                     tar_size: layer.tar_size,
-                    media_type: spec
-                        .commit
-                        .as_ref()
-                        .map_or(imgb_cache::Compression::None, |commit| commit.compression)
-                        .layer_media_type(),
                 }),
             }),
             Some(Report::Failed { message }) => Err(RunError::Setup(message)),
@@ -307,7 +301,6 @@ impl Runner {
             },
             commit: spec.commit.as_ref().map(|commit| CommitSpec {
                 store_root: commit.store.root().to_owned(),
-                compression: commit.compression.into(),
                 source_date_epoch: commit.source_date_epoch,
             }),
         }

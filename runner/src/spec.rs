@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imgb_cache::{Compression, Store};
+use imgb_cache::Store;
 use serde::{Deserialize, Serialize};
 
 /// The hostname a step sees unless the caller names another.
@@ -101,12 +101,12 @@ pub enum MountKind {
     Persistent { source: PathBuf },
 }
 
-/// How the step's changes become a layer.
+/// How the step's changes become a layer: its upper directory becomes the layer's snapshot.
 #[derive(Debug, Clone)]
 pub struct CommitTo {
-    /// The store the layer blob is written into.
+    /// The store that adopts the snapshot (the runner's temporary directory must be its
+    /// `tmp/`, so adoption is a rename).
     pub store: Store,
-    pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`: later mtimes are clamped to it.
     pub source_date_epoch: Option<i64>,
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use imgb_cache::{Compression, Layer, Store};
+use imgb_cache::{SnapshotLayer, Store};
 use imgb_runner::{CommitTo, Mount, MountKind, Network, RunSpec, RunStatus};
 
 /// Runs the scenarios named, as a `#[tokio::test]` each, and lists them for the rootless run.
@@ -50,11 +50,10 @@ core_scenarios!(
     timeout_and_cancel_kill_the_whole_container,
 );
 
-/// A store for committed layers, uncompressed (the tests read the tars back).
+/// A store for committed layers (the tests read their tars back).
 fn commit_to(fixture: &Fixture) -> CommitTo {
     CommitTo {
         store: Store::open(fixture.dir.path().join("store")).unwrap(),
-        compression: Compression::None,
         source_date_epoch: None,
     }
 }
@@ -69,10 +68,12 @@ struct Entry {
     content: Vec<u8>,
 }
 
-fn layer_entries(fixture: &Fixture, layer: &Layer) -> BTreeMap<String, Entry> {
+fn layer_entries(fixture: &Fixture, layer: &SnapshotLayer) -> BTreeMap<String, Entry> {
     let store = Store::open(fixture.dir.path().join("store")).unwrap();
-    let file = fs::File::open(store.blob_path(&layer.blob.digest)).unwrap();
-    let mut archive = tar::Archive::new(file);
+    let reader = store
+        .open_layer(&layer.descriptor(), &layer.diff_id)
+        .unwrap();
+    let mut archive = tar::Archive::new(reader);
     let mut entries = BTreeMap::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
@@ -316,15 +317,18 @@ mod scenarios {
         assert_eq!(entries["links/fifo"].kind, b'6');
         assert_eq!(entries["links/sym"].link.as_deref(), Some("../data/stays"));
         assert_eq!(entries["keep/x"].content, b"changed\n");
+        let store = Store::open(fixture.dir.path().join("store")).unwrap();
+        let mut tar = store
+            .open_layer(&layer.descriptor(), &layer.diff_id)
+            .unwrap();
+        let read = std::io::copy(&mut tar, &mut std::io::sink()).unwrap();
         assert_eq!(
-            layer.tar_size,
-            fs::metadata(
-                Store::open(fixture.dir.path().join("store"))
-                    .unwrap()
-                    .blob_path(&layer.blob.digest)
-            )
-            .unwrap()
-            .len()
+            read, layer.tar_size,
+            "the snapshot gives back the tar it was hashed as"
+        );
+        assert!(
+            store.snapshot(&layer.diff_id).is_some(),
+            "the upper directory became the snapshot"
         );
     }
 

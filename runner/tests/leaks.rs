@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use imgb_cache::{Compression, Store};
+use imgb_cache::Store;
 use imgb_runner::{CommitTo, Mount, MountKind, Network, RunSpec, RunStatus};
 
 const RUNS: usize = 100;
@@ -57,7 +57,6 @@ fn spec_for(fixture: &Fixture, run: usize, store: &Store) -> (RunSpec, Option<Du
             spec = fixture.spec("echo data > /file; mkdir -p /a/b; rm -r /bin/busybox");
             spec.commit = Some(CommitTo {
                 store: store.clone(),
-                compression: Compression::GZIP_DEFAULT,
                 source_date_epoch: None,
             });
         }

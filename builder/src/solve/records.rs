@@ -131,9 +131,7 @@ impl fmt::Display for MissReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MissReason::Source => f.write_str("sources are resolved on every build"),
-            MissReason::CacheDisabled => {
-                f.write_str("cache disabled for this step (--no-cache or --no-cache-filter)")
-            }
+            MissReason::CacheDisabled => f.write_str("cache disabled for this step"),
             MissReason::NoRecord => f.write_str("no record"),
             MissReason::InvalidRecord { problem } => {
                 write!(f, "the record for this step was dropped: {problem}")
@@ -233,19 +231,12 @@ impl RecordStore {
                     ),
                 }
             }
-            Ok(record) => {
-                let missing = record
-                    .result
-                    .blobs()
-                    .into_iter()
-                    .find(|digest| !self.store.has_blob(digest));
-                match missing {
-                    None => return Ok(Lookup::Hit(record)),
-                    Some(digest) => RecordProblem::MissingBlob {
-                        digest: digest.clone(),
-                    },
-                }
-            }
+            Ok(record) => match record.result.missing_from(&self.store) {
+                None => return Ok(Lookup::Hit(record)),
+                Some(digest) => RecordProblem::MissingBlob {
+                    digest: digest.clone(),
+                },
+            },
             Err(error) => RecordProblem::Unreadable {
                 reason: error.to_string(),
             },
@@ -256,12 +247,7 @@ impl RecordStore {
 
     /// Stores `record` durably; refuses one that names a blob the store does not hold.
     pub fn write(&self, record: &Record) -> Result<(), RecordError> {
-        if let Some(digest) = record
-            .result
-            .blobs()
-            .into_iter()
-            .find(|digest| !self.store.has_blob(digest))
-        {
+        if let Some(digest) = record.result.missing_from(&self.store) {
             return Err(RecordError::BlobNotStored {
                 key: record.key.clone(),
                 digest: digest.clone(),

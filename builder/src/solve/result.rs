@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use imgb_cache::Digest;
 use imgb_cache::oci::Descriptor;
+use imgb_cache::{Digest, SnapshotLayer, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::VertexId;
@@ -19,8 +19,19 @@ use crate::graph::VertexId;
 pub struct LayerRef {
     /// sha256 of the uncompressed layer tar: what the layer contains.
     pub diff_id: Digest,
-    /// The stored (usually compressed) blob.
+    /// The layer's blob: as stored for image layers; for a step's layer, the uncompressed tar
+    /// derived from its snapshot.
     pub blob: Descriptor,
+}
+
+impl From<SnapshotLayer> for LayerRef {
+    /// A layer a step produced, held as its snapshot; its blob is the uncompressed tar.
+    fn from(layer: SnapshotLayer) -> Self {
+        LayerRef {
+            blob: layer.descriptor(),
+            diff_id: layer.diff_id,
+        }
+    }
 }
 
 /// The image a filesystem was resolved from (image sources only).
@@ -80,7 +91,27 @@ impl Solved {
         }
     }
 
-    /// Every blob this result names: a record of it is only valid while all of them are stored.
+    /// The first blob this result names that `store` can no longer provide: a record of the
+    /// result is only valid while there is none. A step's layer is provided by its snapshot.
+    pub fn missing_from(&self, store: &Store) -> Option<&Digest> {
+        let Solved::Filesystem(filesystem) = self else {
+            return None;
+        };
+        let missing_layer = filesystem
+            .layers
+            .iter()
+            .find(|layer| !store.has_layer(&layer.blob, &layer.diff_id))
+            .map(|layer| &layer.blob.digest);
+        missing_layer.or_else(|| {
+            filesystem
+                .image
+                .iter()
+                .flat_map(|origin| [&origin.manifest, &origin.config])
+                .find(|digest| !store.has_blob(digest))
+        })
+    }
+
+    /// Every blob this result names (a step's layer blob may exist only as its snapshot).
     pub fn blobs(&self) -> Vec<&Digest> {
         let Solved::Filesystem(filesystem) = self else {
             return Vec::new();

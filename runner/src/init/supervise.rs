@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, ExitCode, Stdio};
 
-use imgb_cache::{LayerOptions, OverlayXattrs, Store, write_layer};
+use imgb_cache::{OverlayXattrs, Store};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::PidfdFlags;
 use rustix::thread::UnshareFlags;
@@ -257,23 +257,18 @@ fn commit_layer(
         OverlayXattrs::Trusted
     };
     let upper = run_dir.upper();
-    let changes = diff::prepare_upper(&upper, stubs, xattrs)
-        .context(|| format!("reading the changes in {}", upper.display()))?;
+    diff::remove_stubs(&upper, stubs, xattrs)
+        .context(|| format!("removing imgb's mount stubs from {}", upper.display()))?;
     let store = Store::open(&commit.store_root).context(|| {
         format!(
             "opening the store {} for the layer",
             commit.store_root.display()
         )
     })?;
-    let options = LayerOptions {
-        compression: commit.compression.into(),
-        source_date_epoch: commit.source_date_epoch,
-        threads: 0,
-    };
-    let layer = write_layer(&store, &upper, &changes, &options)
-        .context(|| "writing the step's layer".into())?;
+    let layer = store
+        .adopt_snapshot(&upper, commit.source_date_epoch)
+        .context(|| "keeping the step's changes as a snapshot".into())?;
     Ok(CommittedLayer {
-        blob: layer.blob,
         diff_id: layer.diff_id,
         tar_size: layer.tar_size,
     })
