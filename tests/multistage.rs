@@ -130,3 +130,29 @@ fn identical_steps_in_two_stages_run_once() {
         "{ran:?}"
     );
 }
+
+#[test]
+fn an_image_built_from_a_stage_keeps_that_stages_history() {
+    let Some(root) = shared_root() else { return };
+    let context = TestContext::new(&stages(), &[]);
+    context.build_ok(root, &["--target", "second", "-t", "multistage-history:1"]);
+    let inspect = support::imgb_ok(root, &["inspect", "multistage-history:1"]);
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let config = &json["config"];
+    let history: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["empty_layer"] != true)
+        .map(|entry| entry["created_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history.len(),
+        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        "one history entry per layer: {history:?}"
+    );
+    assert!(
+        history.iter().any(|entry| entry.contains("echo first")),
+        "{history:?}"
+    );
+}

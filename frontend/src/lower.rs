@@ -31,6 +31,7 @@ pub struct LoweredStage {
     pub platform: Platform,
     /// The base image, when the stage (or the stage it is built on) starts from one.
     pub base_image: Option<String>,
+    /// The stage's dispatch; its history starts with that of the stages it is built on.
     pub dispatched: DispatchedStage,
 }
 
@@ -99,7 +100,14 @@ pub fn lower(
                 )
             }
         };
-        let dispatched = plan.dispatch(dockerfile, index, start, options)?;
+        let mut dispatched = plan.dispatch(dockerfile, index, start, options)?;
+        if let Base::Stage(base) = &planned.base {
+            // An image built FROM a stage carries that stage's history, as it carries its
+            // layers: BuildKit copies the whole image, history included.
+            let mut history = stages[base].dispatched.history.clone();
+            history.append(&mut dispatched.history);
+            dispatched.history = history;
+        }
         warnings.extend(dispatched.warnings.iter().cloned());
         let label = dockerfile.stages[index].display_name();
         let total = dispatched.steps.len();
