@@ -8,8 +8,10 @@
 //!   step wrote (a COPY's output, a RUN's upper directory) is adopted as it is, and its blob is
 //!   derived when an export needs it (see `imgb_cache::layer_source`).
 //! - Secrets are handed to the runner as files from a private temp dir by id; their values
-//!   never reach a vertex, a key, a record or a layer.
+//!   never reach a vertex, a key, a record or a layer. Mounts are prepared in [`mounts`].
 //! - Temp directories live in the store's `tmp/` and are removed whatever happens.
+
+mod mounts;
 
 use crate::context::HashedContext;
 use crate::context::PathFilter;
@@ -21,9 +23,8 @@ use crate::solve::{
     ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, OutputStream, Solved, SolvedInput,
 };
 use imgb_cache::{Digest, Store};
-use imgb_runner::{CommitTo, Mount, MountKind, RunSpec, RunStatus, Runner};
+use imgb_runner::{CommitTo, RunSpec, RunStatus, Runner};
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ pub struct StoreExecutor {
     /// `SOURCE_DATE_EPOCH`: layer mtimes after it are clamped to it.
     pub source_date_epoch: Option<i64>,
     pub secrets: Arc<BTreeMap<String, Secret>>,
+    /// SSH agent sockets by id (`--ssh`), forwarded into steps that mount them.
+    pub ssh_agents: Arc<BTreeMap<String, PathBuf>>,
 }
 
 fn failed(error: impl std::fmt::Display) -> ExecError {
@@ -136,30 +139,9 @@ impl StoreExecutor {
             Network::None => imgb_runner::Network::None,
             Network::Host | Network::Default => imgb_runner::Network::DEFAULT,
         };
-        let secrets_dir = tempfile::Builder::new()
-            .prefix("secrets-")
-            .tempdir_in(self.store.tmp_dir())
-            .map_err(failed)?;
-        for mount in &exec.mounts {
-            if let Some(mount) = self.mount(job, mount, &secrets_dir, &mut spec.env)? {
-                spec.mounts.push(mount);
-            }
-        }
-        // Heredoc scripts with a shebang are executables the command names (BuildKit mounts
-        // them under /dev/pipes/): private files mounted read-only, never in the layer.
-        for (index, (target, data)) in exec.inline_files.iter().enumerate() {
-            let file = secrets_dir.path().join(format!("inline-{index}"));
-            std::fs::write(&file, data).map_err(failed)?;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))
-                .map_err(failed)?;
-            spec.mounts.push(Mount {
-                target: target.clone(),
-                kind: MountKind::Bind {
-                    source: file,
-                    read_only: true,
-                },
-            });
-        }
+        let mounts = self.prepare_mounts(job, exec).await?;
+        spec.mounts.clone_from(&mounts.mounts);
+        spec.env.extend(mounts.env.iter().cloned());
         spec.commit = Some(CommitTo {
             store: self.store.clone(),
             source_date_epoch: self.source_date_epoch,
@@ -201,112 +183,6 @@ impl StoreExecutor {
             .layer
             .ok_or_else(|| failed("the step produced no layer"))?;
         Ok(Solved::Filesystem(base.with_layer(LayerRef::from(layer))))
-    }
-
-    fn mount(
-        &self,
-        job: &Job,
-        mount: &ExecMount,
-        secrets_dir: &tempfile::TempDir,
-        env: &mut Vec<String>,
-    ) -> Result<Option<Mount>, ExecError> {
-        Ok(Some(match mount {
-            ExecMount::Tmpfs { target, size } => Mount {
-                target: target.clone(),
-                kind: MountKind::Tmpfs { size_bytes: *size },
-            },
-            ExecMount::Cache { target, id, .. } => {
-                let dir = self
-                    .store
-                    .root()
-                    .join("mounts")
-                    .join(Digest::of(id.as_bytes()).hex());
-                std::fs::create_dir_all(&dir).map_err(failed)?;
-                Mount {
-                    target: target.clone(),
-                    kind: MountKind::Persistent { source: dir },
-                }
-            }
-            ExecMount::Secret {
-                target,
-                id,
-                required,
-                env: as_env,
-                ..
-            } => {
-                let Some(secret) = self.secrets.get(id) else {
-                    if *required {
-                        return Err(failed(format!(
-                            "secret {id} is required but was not given (--secret id={id},src=...)"
-                        )));
-                    }
-                    // As BuildKit: an optional secret that was not given is not mounted.
-                    return Ok(None);
-                };
-                if let Some(name) = as_env {
-                    let name = if name.is_empty() {
-                        id.clone()
-                    } else {
-                        name.clone()
-                    };
-                    env.push(format!("{name}={}", String::from_utf8_lossy(&secret.0)));
-                }
-                let file = secrets_dir.path().join(Digest::of(id.as_bytes()).hex());
-                std::fs::write(&file, &secret.0).map_err(failed)?;
-                let target = if target.is_empty() {
-                    format!("/run/secrets/{id}")
-                } else {
-                    target.clone()
-                };
-                Mount {
-                    target,
-                    kind: MountKind::Bind {
-                        source: file,
-                        read_only: true,
-                    },
-                }
-            }
-            ExecMount::Bind {
-                target,
-                input,
-                source,
-                readonly,
-            } => {
-                let solved = job
-                    .inputs
-                    .get(*input)
-                    .ok_or_else(|| failed(format!("bind mount input {input} missing")))?;
-                let host = match &*solved.result {
-                    Solved::Context => {
-                        let context = self
-                            .context
-                            .as_deref()
-                            .ok_or_else(|| failed("the build has no context"))?;
-                        context.root().join(source.trim_start_matches('/'))
-                    }
-                    Solved::Filesystem(filesystem) => {
-                        let view = LayeredView::new(self.snapshots(filesystem)?);
-                        let entry =
-                            view.lookup(source, true).map_err(failed)?.ok_or_else(|| {
-                                failed(format!("{source}: not found in the mounted stage"))
-                            })?;
-                        entry.host_path
-                    }
-                };
-                Mount {
-                    target: target.clone(),
-                    kind: MountKind::Bind {
-                        source: host,
-                        read_only: *readonly,
-                    },
-                }
-            }
-            ExecMount::Ssh { id, .. } => {
-                return Err(failed(format!(
-                    "ssh mount {id}: SSH agent forwarding is not supported yet"
-                )));
-            }
-        }))
     }
 }
 

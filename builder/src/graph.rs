@@ -47,7 +47,9 @@ pub enum ExecMount {
         source: String,
         readonly: bool,
     },
-    /// A persistent directory shared between builds, keyed by `id`.
+    /// A persistent directory shared between builds. Two mounts share it when they agree on
+    /// `id`, on the owner and mode it is created with and, with `from`, on what seeds it (as
+    /// BuildKit keys cache refs by id and base); its contents never enter a key or a layer.
     Cache {
         target: String,
         id: String,
@@ -56,12 +58,16 @@ pub enum ExecMount {
         mode: u32,
         uid: u32,
         gid: u32,
+        /// `from=`: a new cache starts as a copy of input `from`'s `source` path.
+        from: Option<usize>,
+        source: String,
     },
     Tmpfs {
         target: String,
         size: Option<u64>,
     },
-    /// A secret by id: its value is never part of the graph, a cache key or a layer.
+    /// A secret by id: its value is never part of the graph, a cache key or a layer. An empty
+    /// `target` (the `env=` form without `target=`) mounts no file.
     Secret {
         target: String,
         id: String,
@@ -71,7 +77,7 @@ pub enum ExecMount {
         gid: u32,
         env: Option<String>,
     },
-    /// An SSH agent socket forwarded by id.
+    /// An SSH agent socket forwarded by id, at `target` (a socket owned by `uid:gid`, `mode`).
     Ssh {
         target: String,
         id: String,
@@ -82,6 +88,19 @@ pub enum ExecMount {
     },
 }
 
+impl ExecMount {
+    /// Where the mount appears in the container (empty for a secret only in the environment).
+    pub fn target(&self) -> &str {
+        let (ExecMount::Bind { target, .. }
+        | ExecMount::Cache { target, .. }
+        | ExecMount::Tmpfs { target, .. }
+        | ExecMount::Secret { target, .. }
+        | ExecMount::Ssh { target, .. }) = self;
+        target
+    }
+}
+
+/// How concurrent steps use one cache mount (`sharing=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheSharing {

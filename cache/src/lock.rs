@@ -30,6 +30,19 @@ impl FileLock {
         Self::acquire(path, FlockOperation::LockShared)
     }
 
+    /// Locks `path` (created if missing) exclusively if nobody holds it; `None` otherwise.
+    pub fn try_exclusive(path: &Path) -> Result<Option<Self>, StoreError> {
+        match Self::acquire(path, FlockOperation::NonBlockingLockExclusive) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     fn acquire(path: &Path, operation: FlockOperation) -> Result<Self, StoreError> {
         let file = OpenOptions::new()
             .create(true)
@@ -72,6 +85,18 @@ mod tests {
             drop(first);
         });
         assert!(acquired.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn try_exclusive_gives_way_to_any_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.lock");
+        let shared = FileLock::shared(&path).unwrap();
+        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
+        drop(shared);
+        let held = FileLock::try_exclusive(&path).unwrap();
+        assert!(held.is_some());
+        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct LoweredStage {
     pub base_image: Option<String>,
     /// The stage's dispatch; its history starts with that of the stages it is built on.
     pub dispatched: DispatchedStage,
+    /// The vertices of the stage's own steps, in order (`--no-cache-filter` marks them).
+    pub steps: Vec<VertexId>,
 }
 
 /// The whole build as a graph, with the target stage's result.
@@ -111,6 +113,7 @@ pub fn lower(
         warnings.extend(dispatched.warnings.iter().cloned());
         let label = dockerfile.stages[index].display_name();
         let total = dispatched.steps.len();
+        let mut steps = Vec::with_capacity(total);
         for (position, step) in dispatched.steps.iter().enumerate() {
             let name = format!(
                 "[{label} {}/{total}] {}",
@@ -128,6 +131,7 @@ pub fn lower(
             let mut inputs = vec![root];
             inputs.extend(extra_inputs);
             root = graph.add(op, inputs, name);
+            steps.push(root);
         }
         stages.insert(
             index,
@@ -137,6 +141,7 @@ pub fn lower(
                 platform: planned.platform.clone(),
                 base_image,
                 dispatched,
+                steps,
             },
         );
     }
@@ -187,64 +192,7 @@ fn lower_step(
 ) -> Result<(Op, Vec<VertexId>), Diagnostic> {
     match &step.instruction {
         Instruction::Run(run) => {
-            let mut inputs = Vec::new();
-            let mut mounts = Vec::new();
-            for mount in run.resolved_mounts() {
-                let mode = |default: u32| mount.mode.unwrap_or(default);
-                mounts.push(match mount.kind {
-                    MountType::Bind => {
-                        inputs.push(sources.resolve(&mount.from));
-                        ExecMount::Bind {
-                            target: mount.target.clone(),
-                            input: inputs.len(),
-                            source: mount.source.clone(),
-                            readonly: mount.read_only,
-                        }
-                    }
-                    MountType::Cache => ExecMount::Cache {
-                        target: mount.target.clone(),
-                        id: if mount.cache_id.is_empty() {
-                            mount.target.clone()
-                        } else {
-                            mount.cache_id.clone()
-                        },
-                        sharing: match mount.sharing {
-                            Some(MountSharing::Private) => CacheSharing::Private,
-                            Some(MountSharing::Locked) => CacheSharing::Locked,
-                            _ => CacheSharing::Shared,
-                        },
-                        readonly: mount.read_only,
-                        mode: mode(0o755),
-                        uid: mount.uid.unwrap_or(0),
-                        gid: mount.gid.unwrap_or(0),
-                    },
-                    MountType::Tmpfs => ExecMount::Tmpfs {
-                        target: mount.target.clone(),
-                        size: (mount.size_limit > 0).then_some(mount.size_limit),
-                    },
-                    MountType::Secret => ExecMount::Secret {
-                        target: mount.target.clone(),
-                        id: mount.cache_id.clone(),
-                        required: mount.required,
-                        mode: mode(0o400),
-                        uid: mount.uid.unwrap_or(0),
-                        gid: mount.gid.unwrap_or(0),
-                        env: mount.env.clone(),
-                    },
-                    MountType::Ssh => ExecMount::Ssh {
-                        target: mount.target.clone(),
-                        id: if mount.cache_id.is_empty() {
-                            "default".to_string()
-                        } else {
-                            mount.cache_id.clone()
-                        },
-                        required: mount.required,
-                        mode: mode(0o600),
-                        uid: mount.uid.unwrap_or(0),
-                        gid: mount.gid.unwrap_or(0),
-                    },
-                });
-            }
+            let (mounts, inputs) = lower_mounts(step, run, &mut sources)?;
             let (argv, inline_files) = run_argv(
                 step,
                 &run.command.args,
@@ -253,11 +201,7 @@ fn lower_step(
             )?;
             let op = ExecOp {
                 argv,
-                env: step
-                    .env
-                    .iter()
-                    .map(|(key, value)| format!("{key}={value}"))
-                    .collect(),
+                env: run_env(step, &mounts),
                 cwd: if step.working_dir.is_empty() {
                     "/".to_string()
                 } else {
@@ -368,6 +312,138 @@ fn lower_step(
                 .at(other.span()),
         ),
     }
+}
+
+/// The mounts of a RUN and the inputs they read (numbered after the stage's filesystem), with
+/// BuildKit's defaults: relative targets under the working directory, a secret's id from its
+/// source or target, secrets under `/run/secrets/`, agents at `/run/buildkit/ssh_agent.N`.
+fn lower_mounts(
+    step: &Step,
+    run: &crate::instructions::RunInstruction,
+    sources: &mut StageSources<'_>,
+) -> Result<(Vec<ExecMount>, Vec<VertexId>), Diagnostic> {
+    let mut inputs = Vec::new();
+    let mut mounts = Vec::new();
+    let mut agents = 0;
+    for mount in run.resolved_mounts() {
+        let mode = |default: u32| mount.mode.unwrap_or(default);
+        let uid = mount.uid.unwrap_or(0);
+        let gid = mount.gid.unwrap_or(0);
+        let target = if mount.target.is_empty() || mount.target.starts_with('/') {
+            mount.target.clone()
+        } else {
+            crate::dispatch::resolve_workdir(&step.working_dir, &mount.target)
+        };
+        mounts.push(match mount.kind {
+            MountType::Bind => {
+                inputs.push(sources.resolve(&mount.from));
+                ExecMount::Bind {
+                    target,
+                    input: inputs.len(),
+                    source: mount.source.clone(),
+                    readonly: mount.read_only,
+                }
+            }
+            MountType::Cache => ExecMount::Cache {
+                id: if mount.cache_id.is_empty() {
+                    target.clone()
+                } else {
+                    mount.cache_id.clone()
+                },
+                target,
+                sharing: match mount.sharing {
+                    Some(MountSharing::Private) => CacheSharing::Private,
+                    Some(MountSharing::Locked) => CacheSharing::Locked,
+                    _ => CacheSharing::Shared,
+                },
+                readonly: mount.read_only,
+                mode: mode(0o755),
+                uid,
+                gid,
+                from: (!mount.from.is_empty()).then(|| {
+                    inputs.push(sources.resolve(&mount.from));
+                    inputs.len()
+                }),
+                source: mount.source.clone(),
+            },
+            MountType::Tmpfs => ExecMount::Tmpfs {
+                target,
+                size: (mount.size_limit > 0).then_some(mount.size_limit),
+            },
+            MountType::Secret => {
+                let base_name = |path: &str| {
+                    path.trim_end_matches('/')
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let id = [&mount.source, &mount.cache_id]
+                    .into_iter()
+                    .find(|id| !id.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| base_name(&target));
+                let target = match (&mount.env, target.is_empty()) {
+                    (None, true) => format!("/run/secrets/{}", base_name(&id)),
+                    _ => target,
+                };
+                ExecMount::Secret {
+                    target,
+                    id,
+                    required: mount.required,
+                    mode: mode(0o400),
+                    uid,
+                    gid,
+                    env: mount.env.clone(),
+                }
+            }
+            MountType::Ssh => {
+                if !mount.source.is_empty() {
+                    return Err(Diagnostic::error("ssh does not support source")
+                        .with_hint("name the agent with id= (as given to --ssh ID=SOCKET)")
+                        .at(step.instruction.span()));
+                }
+                agents += 1;
+                ExecMount::Ssh {
+                    target: if target.is_empty() {
+                        format!("/run/buildkit/ssh_agent.{}", agents - 1)
+                    } else {
+                        target
+                    },
+                    id: if mount.cache_id.is_empty() {
+                        "default".to_string()
+                    } else {
+                        mount.cache_id.clone()
+                    },
+                    required: mount.required,
+                    mode: mode(0o600),
+                    uid,
+                    gid,
+                }
+            }
+        });
+    }
+    Ok((mounts, inputs))
+}
+
+/// The environment a RUN sees: its stage's, plus `SSH_AUTH_SOCK` naming the first forwarded
+/// agent unless the stage sets it (as BuildKit does).
+fn run_env(step: &Step, mounts: &[ExecMount]) -> Vec<String> {
+    let mut env: Vec<String> = step
+        .env
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let first_agent = mounts.iter().find_map(|mount| match mount {
+        ExecMount::Ssh { target, .. } => Some(target),
+        _ => None,
+    });
+    if let Some(target) = first_agent
+        && !step.env.iter().any(|(key, _)| key == "SSH_AUTH_SOCK")
+    {
+        env.push(format!("SSH_AUTH_SOCK={target}"));
+    }
+    env
 }
 
 /// A RUN's argv and the script files it needs (path, contents).

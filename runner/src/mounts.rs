@@ -80,7 +80,8 @@ fn annotate(error: io::Error, what: &str) -> io::Error {
 
 /// The root filesystem: `lowers` (bottom first, read-only, never modified) under a writable
 /// `upper`. `lowerdir+` takes one directory per call (Linux 6.8), so there is no limit from the
-/// mount option page, only overlayfs' own (500 layers). `userxattr` is for user namespaces,
+/// mount option page, only overlayfs' own (500 layers). A directory repeated in `lowers` is
+/// mounted once, at its top-most position. `userxattr` is for user namespaces,
 /// where overlayfs keeps its markers in `user.overlay.*`.
 ///
 /// `redirect_dir` and `metacopy` stay off: the upper directory must be a self-contained diff
@@ -93,8 +94,11 @@ pub(crate) fn overlay(
     attributes: MountAttrFlags,
 ) -> io::Result<Detached> {
     let context = FsContext::open("overlay")?;
-    // The first lower directory given is the top one.
-    for lower in lowers.iter().rev() {
+    // The first lower directory given is the top one. overlayfs refuses a directory given twice
+    // (ELOOP), which happens when two steps produced the same layer; only the top-most copy
+    // matters, since it shadows everything the lower copy shows.
+    let mut given = std::collections::HashSet::new();
+    for lower in lowers.iter().rev().filter(|lower| given.insert(**lower)) {
         context.set("lowerdir+", lower).map_err(|error| {
             if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
                 io::Error::new(

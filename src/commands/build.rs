@@ -8,7 +8,7 @@ use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_conte
 use imgb_builder::execute::{Secret, StoreExecutor};
 use imgb_builder::solve::{Cancel, RecordStore, SolveOptions, Solved, Solver};
 use imgb_cache::oci::{self, Descriptor};
-use imgb_cache::{OutputSpec, Reference, RootEnv, Store, export};
+use imgb_cache::{Destination, OutputSpec, Reference, RootEnv, Store, export};
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
 use imgb_frontend::lower::lower;
@@ -32,6 +32,10 @@ pub struct BuildArgs {
     /// Do not use cached results.
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use cached results for the steps of these stages (by name; repeatable or
+    /// comma-separated).
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
     /// `auto` (plain unless stderr is a terminal), `tty`, `plain`, `rawjson` or `quiet`.
     #[arg(long, default_value = "auto", value_name = "MODE")]
     pub progress: ProgressMode,
@@ -41,6 +45,10 @@ pub struct BuildArgs {
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh`: `default` or `ID` (`$SSH_AUTH_SOCK`), or
+    /// `ID=SOCKET`.
+    #[arg(long = "ssh", value_name = "SPEC")]
+    pub ssh: Vec<String>,
     /// Write the image ID (the config digest) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -66,6 +74,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .map(|spec| OutputSpec::parse(spec).map_err(|error| anyhow!("-o {spec}: {error}")))
         .collect::<Result<Vec<_>>>()?;
     let secrets = parse_secrets(&args.secrets)?;
+    let ssh_agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
     let root = RootEnv::from_process(root).resolve()?;
     let store = Store::open(&root)
         .with_context(|| format!("opening the state directory {}", root.display()))?;
@@ -108,6 +117,22 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             lowered.graph.ignore_cache(id);
         }
     }
+    for name in &args.no_cache_filter {
+        // As BuildKit: stage names compare case-insensitively; a name no stage has matches none.
+        let steps: Vec<_> = lowered
+            .stages
+            .values()
+            .filter(|stage| {
+                loaded.dockerfile.stages[stage.index]
+                    .name()
+                    .is_some_and(|stage_name| stage_name.eq_ignore_ascii_case(name))
+            })
+            .flat_map(|stage| stage.steps.iter().copied())
+            .collect();
+        for id in steps {
+            lowered.graph.ignore_cache(id);
+        }
+    }
 
     let context = hash_build_context(&store, &loaded)?;
     let source_date_epoch = source_date_epoch(&loaded.options.build_args)?;
@@ -117,6 +142,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         runner: Runner::new(store.tmp_dir(), InitProgram::this_binary("__init")),
         source_date_epoch,
         secrets: Arc::new(secrets),
+        ssh_agents: Arc::new(ssh_agents),
     };
     let settings: BTreeMap<String, String> = source_date_epoch
         .map(|epoch| ("SOURCE_DATE_EPOCH".to_string(), epoch.to_string()))
@@ -215,6 +241,13 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    // An output written to standard output owns it: quiet mode's image ID would corrupt it.
+    let stdout_taken = outputs
+        .iter()
+        .any(|spec| matches!(spec.dest, Destination::Stdout));
+    if stdout_taken && args.progress == ProgressMode::Quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
     progress.finish(
         &summary,
         &Built {
@@ -321,6 +354,43 @@ fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Secret>> {
     Ok(secrets)
 }
 
+/// `--ssh default|ID[=SOCKET]` (buildx's form): an id without a path forwards
+/// `$SSH_AUTH_SOCK` (`auth_sock`). Key files are not agents: load them with `ssh-add`.
+fn parse_ssh(
+    specs: &[String],
+    auth_sock: Option<std::ffi::OsString>,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let mut agents = BTreeMap::new();
+    for spec in specs {
+        let (id, paths) = match spec.split_once('=') {
+            Some((id, paths)) => (id, paths.split(',').collect::<Vec<_>>()),
+            None => (spec.as_str(), Vec::new()),
+        };
+        if id.is_empty() {
+            bail!("--ssh {spec}: the id is empty; expected default or ID=SOCKET");
+        }
+        let socket = match paths.as_slice() {
+            [] => PathBuf::from(auth_sock.clone().ok_or_else(|| {
+                anyhow!("--ssh {spec}: $SSH_AUTH_SOCK is not set; start an agent or give ID=SOCKET")
+            })?),
+            [path] => PathBuf::from(path),
+            _ => bail!("--ssh {spec}: give one agent socket per id"),
+        };
+        let is_socket = std::fs::metadata(&socket)
+            .map(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
+            .with_context(|| format!("--ssh {spec}: {}", socket.display()))?;
+        if !is_socket {
+            bail!(
+                "--ssh {spec}: {} is not an agent socket (load key files into an agent with \
+                 ssh-add and pass its socket)",
+                socket.display()
+            );
+        }
+        agents.insert(id.to_string(), socket);
+    }
+    Ok(agents)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +404,26 @@ mod tests {
         assert_eq!(secrets["tok"].0, b"s3cret");
         let error = parse_secrets(&["id=x,bogus=1".to_string()]).unwrap_err();
         assert!(error.to_string().contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn ssh_ids_name_sockets_and_default_to_the_agent_in_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let agents = parse_ssh(
+            &["default".to_string(), format!("work={}", socket.display())],
+            Some(socket.clone().into_os_string()),
+        )
+        .unwrap();
+        assert_eq!(agents["default"], socket);
+        assert_eq!(agents["work"], socket);
+        let error = parse_ssh(&["default".to_string()], None).unwrap_err();
+        assert!(error.to_string().contains("SSH_AUTH_SOCK"), "{error}");
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "not a socket").unwrap();
+        let error = parse_ssh(&[format!("key={}", key.display())], None).unwrap_err();
+        assert!(error.to_string().contains("ssh-add"), "{error}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::fmt;
 use imgb_cache::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{ExecMount, ExecOp, FileAction, Op};
+use crate::graph::{ExecOp, FileAction, Op};
 use crate::solve::result::{Solved, SolvedInput};
 
 /// Bumped when equal components may no longer give equal results.
@@ -230,12 +230,10 @@ fn exec_parts(exec: &ExecOp) -> Vec<KeyComponent> {
     parts.push(KeyComponent::digest_of("user", &exec.user));
     parts.push(KeyComponent::digest_of("network", &exec.network));
     for mount in &exec.mounts {
-        let (ExecMount::Bind { target, .. }
-        | ExecMount::Cache { target, .. }
-        | ExecMount::Tmpfs { target, .. }
-        | ExecMount::Secret { target, .. }
-        | ExecMount::Ssh { target, .. }) = mount;
-        parts.push(KeyComponent::digest_of(format!("mount {target}"), mount));
+        parts.push(KeyComponent::digest_of(
+            format!("mount {}", mount.target()),
+            mount,
+        ));
     }
     if !exec.inline_files.is_empty() {
         parts.push(KeyComponent::digest_of("heredoc files", &exec.inline_files));

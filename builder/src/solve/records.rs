@@ -131,7 +131,9 @@ impl fmt::Display for MissReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MissReason::Source => f.write_str("sources are resolved on every build"),
-            MissReason::CacheDisabled => f.write_str("cache disabled for this step"),
+            MissReason::CacheDisabled => {
+                f.write_str("cache disabled for this step (--no-cache or --no-cache-filter)")
+            }
             MissReason::NoRecord => f.write_str("no record"),
             MissReason::InvalidRecord { problem } => {
                 write!(f, "the record for this step was dropped: {problem}")

@@ -199,6 +199,41 @@ fn run_mounts_become_exec_mounts_with_their_inputs() {
 }
 
 #[test]
+fn mount_defaults_follow_buildkit() {
+    let lowered = lowered(
+        "FROM scratch AS seed\nFROM scratch\nWORKDIR /src\n\
+         RUN --mount=type=cache,target=cache,from=seed,source=/data \
+             --mount=type=secret,target=/etc/key --mount=type=secret,source=tok,env=TOK \
+             --mount=type=ssh --mount=type=ssh,id=work,target=/agent true\n",
+        &BuildOptions::default(),
+    );
+    let vertex = target_vertex(&lowered);
+    let run = exec(vertex);
+    let targets: Vec<&str> = run.mounts.iter().map(ExecMount::target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/src/cache",
+            "/etc/key",
+            "",
+            "/run/buildkit/ssh_agent.0",
+            "/agent"
+        ]
+    );
+    assert!(
+        matches!(&run.mounts[0], ExecMount::Cache { from: Some(1), source, id, .. } if source == "/data" && id == "/src/cache")
+    );
+    assert_eq!(vertex.inputs[1], lowered.stages[&0].root);
+    assert!(matches!(&run.mounts[1], ExecMount::Secret { id, .. } if id == "key"));
+    assert!(matches!(&run.mounts[2], ExecMount::Secret { id, .. } if id == "tok"));
+    assert!(matches!(&run.mounts[3], ExecMount::Ssh { id, mode: 0o600, .. } if id == "default"));
+    assert!(
+        run.env
+            .contains(&"SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0".to_string())
+    );
+}
+
+#[test]
 fn identical_steps_in_two_stages_are_one_vertex() {
     let lowered = lowered(
         "FROM scratch AS a\nRUN make\nFROM scratch AS b\nRUN make\nFROM scratch\nCOPY --from=a / /a\nCOPY --from=b / /b\n",

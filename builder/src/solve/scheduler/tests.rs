@@ -687,7 +687,7 @@ async fn no_cache_vertices_always_run_but_are_recorded() {
     assert_eq!(executor.executed(), names(&["[b 1/2] RUN b1"]));
     assert_eq!(
         built.miss_reasons()["[b 1/2] RUN b1"],
-        "cache disabled for this step"
+        "cache disabled for this step (--no-cache or --no-cache-filter)"
     );
     // Same output, so its dependents hit.
     assert!(built.cached().contains("[b 2/2] RUN b2"));

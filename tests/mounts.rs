@@ -1,0 +1,344 @@
+//! `RUN --mount` end to end: cache mounts (persistence, ownership, seeding, read-only, ids,
+//! sharing across concurrent imgb processes), bind mounts, and SSH agent forwarding with a real
+//! `ssh-agent`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::{busybox_context, imgb, run, setup, stderr, stdout, tool};
+
+/// A busybox base with its applets installed, so RUN lines can use a shell.
+const BASE: &str = "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
+                    RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+fn context(dir: &Path, busybox: &Path, name: &str, steps: &str) -> PathBuf {
+    busybox_context(&dir.join(name), busybox, &format!("{BASE}{steps}"))
+}
+
+fn build(root: &Path, context: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    args.push(context.to_str().unwrap());
+    imgb(root, &args)
+}
+
+fn build_ok(root: &Path, context: &Path, extra: &[&str]) -> Output {
+    let output = build(root, context, extra);
+    assert!(output.status.success(), "{}", stderr(&output));
+    output
+}
+
+/// `imgb run IMAGE -- sh -c SCRIPT`'s standard output.
+fn run_in(root: &Path, image: &str, script: &str) -> String {
+    stdout(&run(Command::new(env!("CARGO_BIN_EXE_imgb"))
+        .arg("--root")
+        .arg(root)
+        .args(["run", image, "--", "sh", "-c", script])))
+}
+
+#[test]
+fn cache_mount_persists_between_builds_but_never_reaches_the_image() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let first = context(
+        dir.path(),
+        &busybox,
+        "first",
+        "RUN --mount=type=cache,target=/var/cache/app echo one >> /var/cache/app/log\n",
+    );
+    build_ok(&root, &first, &["-t", "first:1"]);
+    // A different step (so it runs) sees what the first one left in the cache.
+    let second = context(
+        dir.path(),
+        &busybox,
+        "second",
+        "RUN --mount=type=cache,target=/var/cache/app cp /var/cache/app/log /seen && echo two >> /var/cache/app/log\n",
+    );
+    build_ok(&root, &second, &["-t", "second:1"]);
+    assert_eq!(run_in(&root, "second:1", "cat /seen"), "one\n");
+    assert_eq!(
+        run_in(
+            &root,
+            "first:1",
+            "test ! -e /var/cache/app/log && echo clean"
+        ),
+        "clean\n",
+        "the cache's contents landed in the layer"
+    );
+}
+
+#[test]
+fn cache_mount_owner_and_mode_apply_when_created_and_ids_never_share() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let context = context(
+        dir.path(),
+        &busybox,
+        "context",
+        "RUN --mount=type=cache,target=/c,uid=1000,gid=2000,mode=0750 stat -c '%u:%g %a' /c > /owner\n\
+         RUN --mount=type=cache,target=/d stat -c '%u:%g %a' /d > /default-owner\n\
+         RUN --mount=type=cache,id=a,target=/a echo from-a > /a/file\n\
+         RUN --mount=type=cache,id=b,target=/b ls -A /b > /b-contents\n\
+         RUN --mount=type=cache,id=a,target=/again,ro cat /again/file > /a-again\n",
+    );
+    build_ok(&root, &context, &["-t", "owners:1"]);
+    assert_eq!(run_in(&root, "owners:1", "cat /owner"), "1000:2000 750\n");
+    assert_eq!(run_in(&root, "owners:1", "cat /default-owner"), "0:0 755\n");
+    assert_eq!(run_in(&root, "owners:1", "cat /b-contents"), "");
+    assert_eq!(run_in(&root, "owners:1", "cat /a-again"), "from-a\n");
+}
+
+#[test]
+fn cache_mount_from_a_stage_is_seeded_with_its_source_and_read_only_refuses_writes() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let context = context(
+        dir.path(),
+        &busybox,
+        "context",
+        "FROM base AS seed\nRUN mkdir -p /data && echo seeded > /data/greeting\n\
+         FROM base\n\
+         RUN --mount=type=cache,target=/c,from=seed,source=/data cat /c/greeting > /got\n\
+         RUN --mount=type=cache,target=/ro,ro sh -c 'if touch /ro/x; then exit 1; fi'\n",
+    );
+    build_ok(&root, &context, &["-t", "seeded:1"]);
+    assert_eq!(run_in(&root, "seeded:1", "cat /got"), "seeded\n");
+}
+
+/// Two imgb processes run a step on the same cache at once; the step fails if it finds the
+/// other one inside. `locked` serializes them; `private` hands the second a fresh instance.
+fn concurrent_users_never_meet(sharing: &str) {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let step = |name: &str| {
+        format!(
+            "RUN --mount=type=cache,id=shared-work,target=/c,sharing={sharing} \
+             test ! -e /c/busy && touch /c/busy && sleep 1 && rm /c/busy && echo {name}\n"
+        )
+    };
+    let contexts: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .map(|name| context(dir.path(), &busybox, name, &step(name)))
+        .collect();
+    // Both share the base's steps: build them first so the two start the cache step together.
+    build_ok(&root, &context(dir.path(), &busybox, "warm", ""), &[]);
+    let children: Vec<_> = contexts
+        .iter()
+        .map(|context| {
+            Command::new(env!("CARGO_BIN_EXE_imgb"))
+                .arg("--root")
+                .arg(&root)
+                .args(["build", "--progress", "plain"])
+                .arg(context)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn locked_cache_is_exclusive_across_imgb_processes() {
+    concurrent_users_never_meet("locked");
+}
+
+#[test]
+fn private_cache_gives_a_concurrent_user_a_fresh_instance() {
+    concurrent_users_never_meet("private");
+}
+
+/// What plain progress said of `step`: `CACHED` or `cache miss: ...`.
+fn outcome<'a>(log: &'a str, step: &str) -> &'a str {
+    let mut lines = log.lines();
+    let number = lines
+        .by_ref()
+        .find_map(|line| line.strip_suffix(step)?.strip_suffix(' '))
+        .unwrap_or_else(|| panic!("{step} is not in the progress:\n{log}"));
+    lines
+        .find_map(|line| line.strip_prefix(number)?.strip_prefix(' '))
+        .unwrap_or_default()
+}
+
+#[test]
+fn no_cache_filter_reruns_only_the_named_stage_and_says_why() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let context = context(
+        dir.path(),
+        &busybox,
+        "context",
+        "FROM base AS tools\nRUN echo tools > /tools\n\
+         FROM base AS app\nRUN echo app > /app\nCOPY --from=tools /tools /tools\n",
+    );
+    build_ok(&root, &context, &[]);
+    let again = stderr(&build_ok(&root, &context, &["--no-cache-filter", "TOOLS"]));
+    assert_eq!(
+        outcome(&again, "[tools 1/1] RUN echo tools > /tools"),
+        "cache miss: cache disabled for this step (--no-cache or --no-cache-filter)"
+    );
+    assert_eq!(
+        outcome(
+            &again,
+            "[base 2/2] RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]"
+        ),
+        "CACHED"
+    );
+    assert_eq!(outcome(&again, "[app 1/2] RUN echo app > /app"), "CACHED");
+}
+
+/// The host's `ssh-add` with the shared libraries it loads, laid out as a root filesystem.
+fn ssh_add_rootfs(dest: &Path) -> Option<()> {
+    let ssh_add = tool("ssh-add")?;
+    let ldd = run(Command::new("ldd").arg(&ssh_add));
+    let mut files = vec![ssh_add];
+    files.extend(
+        stdout(&ldd)
+            .split_whitespace()
+            .filter(|word| word.starts_with('/'))
+            .map(PathBuf::from),
+    );
+    for file in files {
+        let target = dest.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+    Some(())
+}
+
+/// A running `ssh-agent` holding one new key; killed on drop.
+struct Agent {
+    socket: PathBuf,
+    pid: String,
+    fingerprint: String,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Option<Agent> {
+        let agent = tool("ssh-agent")?;
+        let keygen = tool("ssh-keygen")?;
+        let socket = dir.join("agent.sock");
+        let started = run(Command::new(agent).arg("-a").arg(&socket).arg("-s"));
+        let pid = stdout(&started)
+            .split(';')
+            .find_map(|part| {
+                part.trim()
+                    .strip_prefix("SSH_AGENT_PID=")
+                    .map(str::to_string)
+            })
+            .expect("ssh-agent prints its pid");
+        let key = dir.join("id_ed25519");
+        run(Command::new(keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "imgb-test-key", "-f"])
+            .arg(&key));
+        let mut agent = Agent {
+            socket,
+            pid,
+            fingerprint: String::new(),
+        };
+        run(Command::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent.socket));
+        let listed = run(Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &agent.socket));
+        agent.fingerprint = stdout(&listed);
+        Some(agent)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+#[test]
+fn ssh_mount_forwards_the_agent_with_the_socket_owner_and_mode_asked_for() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let Some(agent) = Agent::start(dir.path()) else {
+        return;
+    };
+    let context = context(
+        dir.path(),
+        &busybox,
+        "context",
+        "COPY rootfs/ /\n\
+         RUN --mount=type=ssh ssh-add -l > /default-keys && echo \"$SSH_AUTH_SOCK\" > /sock\n\
+         RUN --mount=type=ssh,id=work,target=/agent,uid=1000,mode=0660,required \
+         stat -c '%u:%g %a %F' /agent > /agent-stat && SSH_AUTH_SOCK=/agent ssh-add -l > /work-keys\n",
+    );
+    ssh_add_rootfs(&context.join("rootfs")).unwrap();
+    let root = dir.path().join("root");
+    let socket = agent.socket.to_str().unwrap();
+    // `--ssh default` forwards the agent named by the environment, as buildx does.
+    let output = Command::new(env!("CARGO_BIN_EXE_imgb"))
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "--ssh", "default", "--ssh"])
+        .arg(format!("work={socket}"))
+        .args(["-t", "ssh:1"])
+        .arg(&context)
+        .env("SSH_AUTH_SOCK", socket)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        run_in(&root, "ssh:1", "cat /default-keys"),
+        agent.fingerprint
+    );
+    assert_eq!(run_in(&root, "ssh:1", "cat /work-keys"), agent.fingerprint);
+    assert_eq!(
+        run_in(&root, "ssh:1", "cat /sock"),
+        "/run/buildkit/ssh_agent.0\n"
+    );
+    assert_eq!(
+        run_in(&root, "ssh:1", "cat /agent-stat"),
+        "1000:0 660 socket\n"
+    );
+}
+
+#[test]
+fn required_ssh_agent_that_was_not_given_is_an_error_naming_the_line() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let required = context(
+        dir.path(),
+        &busybox,
+        "context",
+        "RUN --mount=type=ssh,id=deploy,required true\n",
+    );
+    let output = build(&dir.path().join("root"), &required, &[]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("ssh agent deploy is required") && text.contains("--ssh deploy="),
+        "{text}"
+    );
+    assert!(text.contains(":4"), "the Dockerfile line is named:\n{text}");
+    // An optional agent that was not given is simply absent.
+    let optional = context(
+        dir.path(),
+        &busybox,
+        "optional",
+        "RUN --mount=type=ssh test ! -e /run/buildkit/ssh_agent.0\n",
+    );
+    build_ok(&dir.path().join("root"), &optional, &[]);
+}
