@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{busybox_context, imgb, run, setup, stderr, stdout, tool};
+use support::{busybox_context, imgb, run, setup, stderr, stdout, step_outcome, tool};
 
 /// A busybox base with its applets installed, so RUN lines can use a shell.
 const BASE: &str = "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
@@ -160,18 +160,6 @@ fn private_cache_gives_a_concurrent_user_a_fresh_instance() {
     concurrent_users_never_meet("private");
 }
 
-/// What plain progress said of `step`: `CACHED` or `cache miss: ...`.
-fn outcome<'a>(log: &'a str, step: &str) -> &'a str {
-    let mut lines = log.lines();
-    let number = lines
-        .by_ref()
-        .find_map(|line| line.strip_suffix(step)?.strip_suffix(' '))
-        .unwrap_or_else(|| panic!("{step} is not in the progress:\n{log}"));
-    lines
-        .find_map(|line| line.strip_prefix(number)?.strip_prefix(' '))
-        .unwrap_or_default()
-}
-
 #[test]
 fn no_cache_filter_reruns_only_the_named_stage_and_says_why() {
     let Some((dir, busybox)) = setup() else {
@@ -188,17 +176,20 @@ fn no_cache_filter_reruns_only_the_named_stage_and_says_why() {
     build_ok(&root, &context, &[]);
     let again = stderr(&build_ok(&root, &context, &["--no-cache-filter", "TOOLS"]));
     assert_eq!(
-        outcome(&again, "[tools 1/1] RUN echo tools > /tools"),
+        step_outcome(&again, "[tools 1/1] RUN echo tools > /tools"),
         "cache miss: cache disabled for this step (--no-cache or --no-cache-filter)"
     );
     assert_eq!(
-        outcome(
+        step_outcome(
             &again,
             "[base 2/2] RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]"
         ),
         "CACHED"
     );
-    assert_eq!(outcome(&again, "[app 1/2] RUN echo app > /app"), "CACHED");
+    assert_eq!(
+        step_outcome(&again, "[app 1/2] RUN echo app > /app"),
+        "CACHED"
+    );
 }
 
 /// The host's `ssh-add` with the shared libraries it loads, laid out as a root filesystem.

@@ -101,9 +101,17 @@ impl StoreExecutor {
         }))
     }
 
-    fn file_op(&self, inputs: &[SolvedInput], actions: &[FileAction]) -> Result<Solved, ExecError> {
+    fn file_op(&self, inputs: &[SolvedInput], op: &Op) -> Result<Solved, ExecError> {
+        let Op::File { actions } = op else {
+            return Err(failed("not a file operation"));
+        };
         let base = Self::input_filesystem(inputs, 0)?.clone();
-        let base_view = LayeredView::new(self.snapshots(&base)?);
+        // A linked copy is made on scratch: destinations never resolve through the base.
+        let base_view = if op.is_linked_copy() {
+            LayeredView::new(Vec::new())
+        } else {
+            LayeredView::new(self.snapshots(&base)?)
+        };
         let mut roots: Vec<Option<SourceRoot<'_>>> = vec![None];
         for input in inputs.iter().skip(1) {
             roots.push(Some(match &*input.result {
@@ -190,11 +198,11 @@ impl Executor for StoreExecutor {
     async fn execute(&self, job: &Job) -> Result<Solved, ExecError> {
         match &job.vertex.op {
             Op::Image { reference, .. } => self.resolve_image(reference),
-            Op::File { actions } => {
+            op @ Op::File { .. } => {
                 let this = self.clone();
-                let actions = actions.clone();
+                let op = op.clone();
                 let inputs = job.inputs.clone();
-                tokio::task::spawn_blocking(move || this.file_op(&inputs, &actions))
+                tokio::task::spawn_blocking(move || this.file_op(&inputs, &op))
                     .await
                     .map_err(failed)?
             }

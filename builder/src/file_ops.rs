@@ -15,7 +15,8 @@
 //!   the cache key covered) or from another stage's view; symlinks inside copied directories are
 //!   copied as links, never followed.
 
-use crate::context::{ContextError, EntryKind, HashedContext, PathFilter, Selection};
+use crate::context::glob::{self, Pattern};
+use crate::context::{ContextError, EntryKind, GlobError, HashedContext, PathFilter, Selection};
 use crate::graph::{FileAction, Owner};
 use crate::ignore::IgnoreRules;
 use crate::layered::{LayeredView, MAX_SYMLINKS, ViewEntry, ViewError};
@@ -42,8 +43,12 @@ pub enum FileOpError {
         "when using COPY with more than one source file, the destination must be a directory and end with a /"
     )]
     DestinationNotDirectory,
-    #[error("{path}: wildcards in sources from another stage or image are not supported yet")]
-    WildcardFromStage { path: String },
+    #[error("{source_path}: invalid wildcard in {component:?}: {problem}")]
+    BadPattern {
+        source_path: String,
+        component: String,
+        problem: GlobError,
+    },
     #[error("--chown {owner}: no such {what} in the image's /etc/{file}")]
     UnknownOwner {
         owner: String,
@@ -421,18 +426,7 @@ impl Writer<'_> {
     ) -> Result<(), FileOpError> {
         let mut found: Vec<(String, ViewEntry)> = Vec::new();
         for source in sources {
-            if source.contains(['*', '?', '[']) {
-                return Err(FileOpError::WildcardFromStage {
-                    path: source.clone(),
-                });
-            }
-            let entry = view
-                .lookup(source, true)?
-                .ok_or_else(|| FileOpError::NotFound {
-                    source_path: source.clone(),
-                    origin: "the source stage",
-                })?;
-            found.push((source.trim_end_matches('/').to_string(), entry));
+            found.extend(expand_in_view(view, source)?);
         }
         let dest_is_dir = self.dest_is_dir(copy.dest)?;
         if found.len() > 1 && !dest_is_dir {
@@ -579,6 +573,70 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// The (matched path, entry with a final symlink followed) pairs one source selects in
+/// another stage or image, by the rules the context's selection uses: components before the
+/// first wildcard resolve following symlinks (and must exist); the rest match names below,
+/// descending only through real directories, in name order. A wildcard matching nothing
+/// selects nothing, as BuildKit allows empty wildcards in COPY.
+fn expand_in_view(
+    view: &LayeredView,
+    source: &str,
+) -> Result<Vec<(String, ViewEntry)>, FileOpError> {
+    let not_found = || FileOpError::NotFound {
+        source_path: source.to_string(),
+        origin: "the source stage",
+    };
+    let components: Vec<&str> = source
+        .split('/')
+        .filter(|component| !component.is_empty() && *component != ".")
+        .collect();
+    let Some(first_wildcard) = components.iter().position(|c| glob::has_wildcards(c)) else {
+        let entry = view.lookup(source, true)?.ok_or_else(not_found)?;
+        return Ok(vec![(source.trim_end_matches('/').to_string(), entry)]);
+    };
+    let patterns = components[first_wildcard..]
+        .iter()
+        .map(|component| {
+            Pattern::parse(component).map_err(|problem| FileOpError::BadPattern {
+                source_path: source.to_string(),
+                component: (*component).to_string(),
+                problem,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = view
+        .lookup(
+            &format!("/{}", components[..first_wildcard].join("/")),
+            true,
+        )?
+        .ok_or_else(not_found)?;
+    let mut candidates = vec![base];
+    for (depth, pattern) in patterns.iter().enumerate() {
+        let last = depth + 1 == patterns.len();
+        let mut matched = Vec::new();
+        for dir in candidates.iter().filter(|entry| entry.is_dir()) {
+            for child in view.read_dir(dir)? {
+                let name = child.path.rsplit('/').next().unwrap_or_default();
+                if (last || child.is_dir()) && pattern.matches(name) {
+                    matched.push(child);
+                }
+            }
+        }
+        candidates = matched;
+    }
+    candidates
+        .into_iter()
+        .map(|entry| {
+            let followed = if entry.is_symlink() {
+                view.lookup(&entry.path, true)?.ok_or_else(not_found)?
+            } else {
+                entry.clone()
+            };
+            Ok((entry.path, followed))
+        })
+        .collect()
 }
 
 fn remove_existing(target: &Path) -> Result<(), FileOpError> {

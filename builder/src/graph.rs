@@ -189,6 +189,33 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A file op made only of `COPY --link` actions whose owners are numeric: its layer is
+    /// made on scratch and does not depend on its base (input 0), which the cache key leaves
+    /// out and a cached result is rebased onto. A named `--chown` reads the base's
+    /// `/etc/passwd`, so such a copy stays an ordinary one.
+    pub fn is_linked_copy(&self) -> bool {
+        let numeric = |owner: &Option<Owner>| {
+            owner.as_ref().is_none_or(|owner| {
+                owner.user.parse::<u32>().is_ok()
+                    && owner
+                        .group
+                        .as_ref()
+                        .is_none_or(|group| group.parse::<u32>().is_ok())
+            })
+        };
+        match self {
+            Op::File { actions } => {
+                !actions.is_empty()
+                    && actions.iter().all(|action| {
+                        matches!(action, FileAction::Copy { link: true, owner, .. } if numeric(owner))
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A vertex: an op, its inputs, and the label progress output shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vertex {

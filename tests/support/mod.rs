@@ -273,3 +273,15 @@ pub fn ran_steps(rawjson: &str) -> Vec<String> {
         .filter(|name| !name.starts_with("[internal]"))
         .collect()
 }
+
+/// What plain progress (`--progress plain`) said of `step`: `CACHED` or `cache miss: ...`.
+pub fn step_outcome<'a>(log: &'a str, step: &str) -> &'a str {
+    let mut lines = log.lines();
+    let number = lines
+        .by_ref()
+        .find_map(|line| line.strip_suffix(step)?.strip_suffix(' '))
+        .unwrap_or_else(|| panic!("{step} is not in the progress:\n{log}"));
+    lines
+        .find_map(|line| line.strip_prefix(number)?.strip_prefix(' '))
+        .unwrap_or_default()
+}

@@ -19,7 +19,7 @@ pub enum GlobError {
 
 /// One component pattern, parsed.
 #[derive(Clone, PartialEq, Eq)]
-pub(super) struct Pattern {
+pub(crate) struct Pattern {
     tokens: Vec<Token>,
 }
 
@@ -42,7 +42,7 @@ impl fmt::Debug for Pattern {
 
 /// Whether a path component contains an unescaped `*`, `?` or `[` (BuildKit's test for where
 /// the literal prefix of a source ends).
-pub(super) fn has_wildcards(component: &str) -> bool {
+pub(crate) fn has_wildcards(component: &str) -> bool {
     let mut chars = component.chars();
     while let Some(c) = chars.next() {
         match c {
@@ -57,7 +57,7 @@ pub(super) fn has_wildcards(component: &str) -> bool {
 }
 
 impl Pattern {
-    pub(super) fn parse(component: &str) -> Result<Self, GlobError> {
+    pub(crate) fn parse(component: &str) -> Result<Self, GlobError> {
         let chars: Vec<char> = component.chars().collect();
         let mut tokens = Vec::new();
         let mut next = 0;
@@ -84,7 +84,7 @@ impl Pattern {
 
     /// Whether the whole of `name` matches. Runs in O(len(pattern) × len(name)) at worst: on a
     /// mismatch only the most recent `*` is retried, one character further.
-    pub(super) fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         let name: Vec<char> = name.chars().collect();
         let (mut token, mut position) = (0, 0);
         // The last `*` seen, and where in `name` its run currently ends.

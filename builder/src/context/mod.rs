@@ -23,7 +23,7 @@
 //! - Non-UTF-8 names are refused unless the filter excludes them: paths are `str` throughout.
 
 mod digest;
-mod glob;
+pub(crate) mod glob;
 mod select;
 mod stat_cache;
 mod walk;

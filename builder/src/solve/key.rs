@@ -13,7 +13,9 @@
 //!    identity of what it produced: the digest of its diffID chain, or, for an image source, the
 //!    manifest digest. Never the producing vertex's own key: a step that reruns and produces the
 //!    same layers leaves its dependents' keys unchanged (early cut-off). The build context as an
-//!    input contributes no component of its own: see the next item.
+//!    input contributes no component of its own: see the next item. A `COPY --link` step leaves
+//!    out its base (input 0): its layer is made on scratch and rebased onto whatever base it
+//!    is used with (see `Op::is_linked_copy`).
 //! 3. `context files` — the digest of the files the vertex selects from the build context
 //!    (paths, contents, modes, ownership), supplied by the context module. A change to a file
 //!    the step does not select does not reach the key.
@@ -144,7 +146,9 @@ impl fmt::Display for Change {
 impl KeyExplanation {
     pub fn derive(sources: KeySources<'_>) -> Self {
         let mut components = vec![KeyComponent::new(INSTRUCTION, sources.definition.as_str())];
-        for (position, input) in sources.inputs.iter().enumerate() {
+        // A linked copy's layer does not depend on its base (input 0).
+        let skipped = usize::from(sources.op.is_linked_copy());
+        for (position, input) in sources.inputs.iter().enumerate().skip(skipped) {
             components.extend(input_identity(position, &input.result));
         }
         if let Some(selection) = sources.context_files {

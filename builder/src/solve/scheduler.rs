@@ -527,7 +527,7 @@ impl<E: Executor> Build<E> {
                         key: key.clone(),
                     });
                     return Ok(SolvedVertex {
-                        result: Arc::new(record.result),
+                        result: Arc::new(rebase_linked(job, record.result)),
                         key: Some(key),
                         cached: true,
                     });
@@ -583,6 +583,25 @@ impl<E: Executor> Build<E> {
 
     fn emit(&self, event: ProgressEvent) {
         send(&self.progress, event);
+    }
+}
+
+/// A cached `COPY --link` result may come from a build on another base: its own (top) layer
+/// goes on this job's base, as BuildKit rebases linked layers.
+fn rebase_linked(job: &Job, cached: Solved) -> Solved {
+    if !job.vertex.op.is_linked_copy() {
+        return cached;
+    }
+    let base = job
+        .inputs
+        .first()
+        .and_then(|input| input.result.filesystem());
+    match (&cached, base) {
+        (Solved::Filesystem(filesystem), Some(base)) => match filesystem.layers.last() {
+            Some(top) => Solved::Filesystem(base.with_layer(top.clone())),
+            None => cached,
+        },
+        _ => cached,
     }
 }
 

@@ -216,3 +216,30 @@ fn explanations_hold_digests_of_env_values_never_the_values() {
     assert!(!json.contains("hunter2-secret"), "{json}");
     assert!(json.contains("env TOKEN"), "{json}");
 }
+
+#[test]
+fn linked_copy_key_ignores_its_base_but_not_what_it_copies() {
+    let Op::File { mut actions } = copy(&["/out/a.txt"], "/app/") else {
+        unreachable!("copy makes a file op")
+    };
+    if let Some(FileAction::Copy { link, .. }) = actions.first_mut() {
+        *link = true;
+    }
+    let linked = Op::File { actions };
+    assert!(linked.is_linked_copy());
+    let stage = input(vec![layer("stage")]);
+    let on_base = key(&linked, &[input(vec![layer("base")]), stage.clone()]);
+    assert_eq!(
+        on_base,
+        key(&linked, &[input(vec![layer("changed base")]), stage])
+    );
+    assert_ne!(
+        on_base,
+        key(
+            &linked,
+            &[input(vec![layer("base")]), input(vec![layer("new stage")])]
+        )
+    );
+    let plain = copy(&["/out/a.txt"], "/app/");
+    assert!(!plain.is_linked_copy());
+}
