@@ -11,7 +11,7 @@
 //! Invariants: no I/O; build args never enter the image config; every error names its line.
 
 use crate::diagnostic::Diagnostic;
-use crate::instructions::{CommandForm, Healthcheck, Instruction};
+use crate::instructions::{CommandForm, Healthcheck, Instruction, Origin, parse_instruction};
 use crate::plan::{BuildOptions, BuildPlan, Dockerfile, PROXY_ARGS};
 use crate::shell::{Lexer, ShellError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,7 +116,13 @@ impl BuildPlan {
             warnings: Vec::new(),
         };
 
-        for original in &stage.instructions {
+        // The base's ONBUILD triggers run first, and are not passed on (BuildKit clears them).
+        let triggers = onbuild_triggers(
+            &std::mem::take(&mut state.config.on_build),
+            dockerfile.ast.escape,
+            &stage.from.origin,
+        )?;
+        for original in triggers.iter().chain(&stage.instructions) {
             let mut instruction = original.clone();
             if let Instruction::Arg(arg) = &instruction {
                 let mut committed = Vec::new();
@@ -331,6 +337,54 @@ pub fn resolve_workdir(current: &str, path: &str) -> String {
         }
     }
     format!("/{}", parts.join("/"))
+}
+
+/// A base's ONBUILD triggers as instructions, as BuildKit's `dispatchOnBuildTriggers` parses
+/// them: each must be one instruction, with ONBUILD's own rules (no ONBUILD, FROM or
+/// MAINTAINER), read with the Dockerfile's escape character. They are located at the stage's
+/// FROM line, where the Dockerfile brings them in.
+fn onbuild_triggers(
+    triggers: &[String],
+    escape: char,
+    from: &Origin,
+) -> Result<Vec<Instruction>, Diagnostic> {
+    let at_from = |error: Diagnostic| {
+        Diagnostic::error(format!(
+            "ONBUILD trigger of the base image: {}",
+            error.message
+        ))
+        .at(crate::diagnostic::Span::lines(
+            from.start_line,
+            from.end_line,
+        ))
+    };
+    triggers
+        .iter()
+        .map(|trigger| {
+            let directive = if escape == '\\' {
+                String::new()
+            } else {
+                format!("# escape={escape}\n")
+            };
+            // Parsed as the ONBUILD line it came from, so ONBUILD's rules apply to it.
+            let ast = crate::parser::parse(&format!("{directive}ONBUILD {trigger}\n"))
+                .map_err(at_from)?;
+            let [node] = ast.nodes.as_slice() else {
+                return Err(at_from(Diagnostic::error(format!(
+                    "{trigger:?} is not a single instruction"
+                ))));
+            };
+            parse_instruction(node).map_err(at_from)?;
+            let mut wrapped = node
+                .sub
+                .as_deref()
+                .cloned()
+                .ok_or_else(|| at_from(Diagnostic::error(format!("{trigger:?} is empty"))))?;
+            wrapped.start_line = from.start_line;
+            wrapped.end_line = from.end_line;
+            parse_instruction(&wrapped).map_err(at_from)
+        })
+        .collect()
 }
 
 fn shell_error(error: ShellError, instruction: &Instruction) -> Diagnostic {

@@ -38,7 +38,8 @@ pub fn from_oci(config: &oci::ImageConfig) -> ImageConfig {
         stop_signal: container.stop_signal.clone(),
         // The base's health check stays in the base config unless the stage sets one.
         healthcheck: None,
-        on_build: Vec::new(),
+        // Run by the stage built on this image (dispatch), then cleared.
+        on_build: container.on_build.clone(),
         author: config.author.clone(),
     }
 }

@@ -210,3 +210,39 @@ fn expansion_error_names_the_line() {
     .unwrap_err();
     assert_eq!(error.line(), Some(2));
 }
+
+#[test]
+fn base_image_triggers_run_first_and_forbidden_ones_name_the_from_line() {
+    let dockerfile = Dockerfile::parse("Dockerfile", "FROM base\nRUN own\n").unwrap();
+    let options = BuildOptions::default();
+    let plan = BuildPlan::new(&dockerfile, &options).unwrap();
+    let start = |triggers: &[&str]| {
+        StageStart::from_image(ImageConfig {
+            on_build: triggers.iter().map(|t| t.to_string()).collect(),
+            ..ImageConfig::default()
+        })
+    };
+    let stage = plan
+        .dispatch(
+            &dockerfile,
+            0,
+            start(&["RUN first", "WORKDIR /w"]),
+            &options,
+        )
+        .unwrap();
+    let codes: Vec<&str> = stage
+        .steps
+        .iter()
+        .map(|step| step.instruction.origin().code.as_str())
+        .collect();
+    assert_eq!(codes, ["RUN first", "WORKDIR /w", "RUN own"]);
+    assert_eq!(stage.steps[2].working_dir, "/w");
+    assert!(stage.end.config.on_build.is_empty());
+    for forbidden in ["FROM other", "MAINTAINER me", "ONBUILD RUN x"] {
+        let error = plan
+            .dispatch(&dockerfile, 0, start(&[forbidden]), &options)
+            .unwrap_err();
+        assert!(error.message.contains("ONBUILD trigger"), "{error}");
+        assert_eq!(error.span.map(|span| span.start.line), Some(1), "{error}");
+    }
+}
