@@ -5,8 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use support::{busybox_context, imgb, run, setup, stderr, stdout, step_outcome};
+use support::{busybox_context, imgb, run_in, setup, stderr, step_outcome};
 
 /// A busybox base and a `build` stage with files to pick from.
 const STAGES: &str = "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
@@ -27,14 +26,6 @@ fn build(root: &Path, context: &Path, extra: &[&str]) -> String {
     let output = imgb(root, &args);
     assert!(output.status.success(), "{}", stderr(&output));
     stderr(&output)
-}
-
-/// `imgb run IMAGE -- sh -c SCRIPT`'s standard output.
-fn run_in(root: &Path, image: &str, script: &str) -> String {
-    stdout(&run(Command::new(env!("CARGO_BIN_EXE_imgb"))
-        .arg("--root")
-        .arg(root)
-        .args(["run", image, "--", "sh", "-c", script])))
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{busybox_context, imgb, run, setup, stderr, stdout, step_outcome, tool};
+use support::{busybox_context, imgb, run, run_in, setup, stderr, stdout, step_outcome, tool};
 
 /// A busybox base with its applets installed, so RUN lines can use a shell.
 const BASE: &str = "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
@@ -27,14 +27,6 @@ fn build_ok(root: &Path, context: &Path, extra: &[&str]) -> Output {
     let output = build(root, context, extra);
     assert!(output.status.success(), "{}", stderr(&output));
     output
-}
-
-/// `imgb run IMAGE -- sh -c SCRIPT`'s standard output.
-fn run_in(root: &Path, image: &str, script: &str) -> String {
-    stdout(&run(Command::new(env!("CARGO_BIN_EXE_imgb"))
-        .arg("--root")
-        .arg(root)
-        .args(["run", image, "--", "sh", "-c", script])))
 }
 
 #[test]
@@ -59,6 +51,15 @@ fn cache_mount_persists_between_builds_but_never_reaches_the_image() {
     );
     build_ok(&root, &second, &["-t", "second:1"]);
     assert_eq!(run_in(&root, "second:1", "cat /seen"), "one\n");
+    // The second build changed the cache's contents, which are no part of any key.
+    let again = stderr(&build_ok(&root, &first, &[]));
+    assert_eq!(
+        step_outcome(
+            &again,
+            "[base 3/3] RUN --mount=type=cache,target=/var/cache/app echo one >> /var/cache/app/log"
+        ),
+        "CACHED"
+    );
     assert_eq!(
         run_in(
             &root,

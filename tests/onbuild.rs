@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::{busybox_context, imgb, run, setup, stderr, stdout};
+use support::{busybox_context, imgb, run, run_in, setup, stderr};
 
 const BASE: &str = "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
                     RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
@@ -23,13 +23,6 @@ fn build(root: &Path, context: &Path, tag: &str) -> std::process::Output {
             context.to_str().unwrap(),
         ],
     )
-}
-
-fn run_in(root: &Path, image: &str, script: &str) -> String {
-    stdout(&run(Command::new(env!("CARGO_BIN_EXE_imgb"))
-        .arg("--root")
-        .arg(root)
-        .args(["run", image, "--", "sh", "-c", script])))
 }
 
 /// The `OnBuild` list of an image's config, as `imgb inspect` shows it.
