@@ -324,7 +324,11 @@ fn required_ssh_agent_that_was_not_given_is_an_error_naming_the_line() {
         text.contains("ssh agent deploy is required") && text.contains("--ssh deploy="),
         "{text}"
     );
-    assert!(text.contains(":4"), "the Dockerfile line is named:\n{text}");
+    assert!(
+        text.contains("Dockerfile:4")
+            && text.contains("4 | RUN --mount=type=ssh,id=deploy,required"),
+        "the Dockerfile line is named:\n{text}"
+    );
     // An optional agent that was not given is simply absent.
     let optional = context(
         dir.path(),

@@ -345,8 +345,10 @@ fn lower_mounts(
                 }
             }
             MountType::Cache => ExecMount::Cache {
+                // BuildKit's documented default: the target as written, before the working
+                // directory makes it absolute.
                 id: if mount.cache_id.is_empty() {
-                    target.clone()
+                    mount.target.clone()
                 } else {
                     mount.cache_id.clone()
                 },

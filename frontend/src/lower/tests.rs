@@ -221,7 +221,7 @@ fn mount_defaults_follow_buildkit() {
         ]
     );
     assert!(
-        matches!(&run.mounts[0], ExecMount::Cache { from: Some(1), source, id, .. } if source == "/data" && id == "/src/cache")
+        matches!(&run.mounts[0], ExecMount::Cache { from: Some(1), source, id, .. } if source == "/data" && id == "cache")
     );
     assert_eq!(vertex.inputs[1], lowered.stages[&0].root);
     assert!(matches!(&run.mounts[1], ExecMount::Secret { id, .. } if id == "key"));
