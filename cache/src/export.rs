@@ -267,7 +267,7 @@ fn has_flavour(media_type: &str, oci: bool) -> bool {
 }
 
 /// Recompresses a stored layer into a new blob, checking its diffID on the way.
-fn convert_layer(
+pub(crate) fn convert_layer(
     store: &Store,
     layer: &Descriptor,
     diff_id: &Digest,
@@ -343,12 +343,12 @@ fn index_entries(manifest: &Descriptor, names: &[Reference]) -> Vec<Descriptor> 
         .collect()
 }
 
-fn blob_path(digest: &Digest) -> String {
+pub(crate) fn blob_path(digest: &Digest) -> String {
     format!("blobs/{}/{}", digest.algorithm(), digest.hex())
 }
 
 /// Where an OCI layout is written.
-trait LayoutWriter {
+pub(crate) trait LayoutWriter {
     fn file(&mut self, path: &str, bytes: &[u8]) -> Result<(), ExportError>;
     /// Copies a stored blob, verified; a layer's (with its diffID) may be rebuilt from its
     /// snapshot.
@@ -489,12 +489,12 @@ impl<W: Write> LayoutWriter for TarLayout<'_, W> {
 }
 
 /// An OCI layout directory; files are written under temporary names and renamed.
-struct DirLayout {
+pub(crate) struct DirLayout {
     root: PathBuf,
 }
 
 impl DirLayout {
-    fn open(root: &Path) -> Result<Self, ExportError> {
+    pub(crate) fn open(root: &Path) -> Result<Self, ExportError> {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_error("create", &blobs))?;
         Ok(Self {

@@ -20,6 +20,7 @@
 //! - [`image`]: images in the store (manifest + config + layers, named).
 //! - [`import`]: OCI layout and docker-archive tars → the store, verified.
 //! - [`output`] and [`mod@export`]: the `-o type=...` syntax and the exporters.
+//! - [`build_cache`]: the `--cache-to`/`--cache-from` exchange format and its locations.
 //!
 //! Internals: `tar_format` encodes headers, `tar_reader` parses untrusted archives, `confined`
 //! resolves paths inside a directory as if it were `/`.
@@ -41,6 +42,7 @@
 //!   never on the clock, the host's user names, walk order or thread count.
 
 pub mod apply;
+pub mod build_cache;
 pub mod compress;
 mod confined;
 pub mod digest;

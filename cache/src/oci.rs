@@ -241,6 +241,9 @@ pub struct ImageManifest {
     pub media_type: Option<String>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+    /// Set on artifacts that are not images (a build cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -255,6 +258,7 @@ impl ImageManifest {
             media_type: Some(media_type::OCI_MANIFEST.to_owned()),
             config,
             layers,
+            artifact_type: None,
             subject: None,
             annotations: BTreeMap::new(),
         }
@@ -290,6 +294,13 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
+    /// Inline build cache metadata (`--cache-to type=inline`), indices into the image's layers.
+    #[serde(
+        rename = "imgb.cache.v1",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub build_cache: Option<crate::build_cache::CacheConfig>,
 }
 
 impl ImageConfig {

@@ -180,20 +180,15 @@ impl OutputSpec {
                     }
                 }
                 "compression" => {
-                    output.compression = Some(match value.as_str() {
-                        "gzip" => Compression::GZIP_DEFAULT,
-                        "zstd" => Compression::ZSTD_DEFAULT,
-                        "uncompressed" => Compression::None,
-                        other => {
-                            return Err(fail(
-                                Some(key),
-                                format!(
-                                    "unsupported compression {other:?} \
-                                     (valid: gzip, zstd, uncompressed)"
-                                ),
-                            ));
-                        }
-                    })
+                    output.compression = Some(compression_named(value).ok_or_else(|| {
+                        fail(
+                            Some(key),
+                            format!(
+                                "unsupported compression {value:?} \
+                                 (valid: gzip, zstd, uncompressed)"
+                            ),
+                        )
+                    })?)
                 }
                 "compression-level" => {
                     level = Some(value.parse::<i32>().map_err(|_| {
@@ -275,8 +270,18 @@ impl OutputSpec {
     }
 }
 
+/// `gzip`, `zstd` or `uncompressed`, at the default level.
+pub fn compression_named(name: &str) -> Option<Compression> {
+    Some(match name {
+        "gzip" => Compression::GZIP_DEFAULT,
+        "zstd" => Compression::ZSTD_DEFAULT,
+        "uncompressed" => Compression::None,
+        _ => return None,
+    })
+}
+
 /// Go's `strconv.ParseBool`, which buildx uses.
-fn parse_bool(value: &str) -> Option<bool> {
+pub fn parse_bool(value: &str) -> Option<bool> {
     match value {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
@@ -285,7 +290,7 @@ fn parse_bool(value: &str) -> Option<bool> {
 }
 
 /// One CSV record: fields split at commas outside double quotes.
-fn split_csv(line: &str) -> Result<Vec<String>, String> {
+pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut chars = line.chars().peekable();

@@ -54,6 +54,8 @@ pub fn stage_config(
     created: &str,
 ) -> oci::ImageConfig {
     let mut image = base.cloned().unwrap_or_default();
+    // The base's inline cache describes the base's build, not this one.
+    image.build_cache = None;
     set_platform(&mut image, &stage.platform);
     let config = &stage.dispatched.end.config;
     let mut container = image.config.take().unwrap_or_default();

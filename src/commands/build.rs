@@ -1,12 +1,20 @@
 //! `imgb build`: Dockerfile → plan → graph → solve → image in the store, then the outputs.
 
 use crate::check::{FrontendArgs, LoadedDockerfile};
+use crate::commands::cache_opts::{
+    CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
+};
 use crate::commands::progress::{Built, Progress, ProgressMode};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
 use imgb_builder::execute::{Secret, StoreExecutor};
-use imgb_builder::solve::{Cancel, RecordStore, SolveOptions, Solved, Solver};
+use imgb_builder::graph::BuildGraph;
+use imgb_builder::solve::{
+    Cancel, ExportMode, Filesystem, RecordStore, RemoteRecords, Solution, SolveOptions, Solved,
+    Solver, cache_content, exported_steps,
+};
+use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::{Destination, OutputSpec, Reference, RootEnv, Store, export};
 use imgb_frontend::Diagnostic;
@@ -49,6 +57,13 @@ pub struct BuildArgs {
     /// `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "SPEC")]
     pub ssh: Vec<String>,
+    /// Export the build cache: `type=local,dest=DIR` or `type=inline`, with
+    /// `mode=min|max` and `compression=gzip|zstd|uncompressed` (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Use an exported build cache: `type=local,src=DIR` (repeatable; the first wins a key).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
     /// Write the image ID (the config digest) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -75,6 +90,16 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>>>()?;
     let secrets = parse_secrets(&args.secrets)?;
     let ssh_agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|spec| parse_cache_from(spec))
+        .collect::<Result<Vec<_>>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|spec| parse_cache_to(spec))
+        .collect::<Result<Vec<_>>>()?;
     let root = RootEnv::from_process(root).resolve()?;
     let store = Store::open(&root)
         .with_context(|| format!("opening the state directory {}", root.display()))?;
@@ -160,8 +185,22 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let solver = Solver::new(Arc::new(executor), RecordStore::new(store.clone()), options)
-        .with_progress(sender);
+    let records = RecordStore::new(store.clone());
+    let mut solver =
+        Solver::new(Arc::new(executor), records.clone(), options).with_progress(sender);
+    let remote = (!cache_from.is_empty()).then(|| {
+        let _runtime = runtime.enter();
+        Arc::new(RemoteRecords::load(
+            store.clone(),
+            cache_from,
+            |location, error| {
+                eprintln!("warning: --cache-from {location}: {error}; building without it")
+            },
+        ))
+    });
+    if let Some(remote) = &remote {
+        solver = solver.with_remote(Arc::clone(remote));
+    }
     let cancel = Cancel::new();
     let progress = Progress::new(args.progress);
     let outcome = runtime.block_on(async {
@@ -198,6 +237,11 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let Solved::Filesystem(filesystem) = &*solved else {
         bail!("the target stage is not a filesystem")
     };
+    if let Some(remote) = &remote {
+        // The image's layers must be stored; steps served by the imported cache may not be.
+        runtime.block_on(remote.fetch(filesystem))?;
+        remote.adopt_hits(&records)?;
+    }
 
     let base_config = target
         .base_image
@@ -208,12 +252,19 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|layer| layer.diff_id.clone())
         .collect();
-    let config = stage_config(
+    let mut config = stage_config(
         base_config,
         target,
         diff_ids,
         &created_time(source_date_epoch),
     );
+    if cache_to
+        .iter()
+        .any(|spec| spec.destination == CacheDestination::Inline)
+    {
+        let steps = exported_steps(&lowered.graph, &solution, target.root, ExportMode::Min);
+        config.build_cache = Some(cache_content(&steps, Some(filesystem)).finish().config);
+    }
     let layers: Vec<Descriptor> = filesystem
         .layers
         .iter()
@@ -222,6 +273,19 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let image = store.write_image(&config, layers)?;
     for name in &names {
         store.tag_image(&name.to_string(), &image.descriptor.digest)?;
+    }
+    for spec in &cache_to {
+        let CacheDestination::Location(location) = &spec.destination else {
+            continue;
+        };
+        export_build_cache(
+            &runtime,
+            &store,
+            remote.as_deref(),
+            (&lowered.graph, &solution, target.root),
+            spec,
+        )
+        .with_context(|| format!("exporting the build cache to {location}"))?;
     }
     for spec in &outputs {
         export(&store, &image, &names, spec)
@@ -257,6 +321,28 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the records `spec` selects to its location, fetching the imported layers they name.
+fn export_build_cache(
+    runtime: &tokio::runtime::Runtime,
+    store: &Store,
+    remote: Option<&RemoteRecords>,
+    (graph, solution, target): (&BuildGraph, &Solution, imgb_builder::graph::VertexId),
+    spec: &CacheExportSpec,
+) -> Result<()> {
+    let CacheDestination::Location(location) = &spec.destination else {
+        return Ok(());
+    };
+    let steps = exported_steps(graph, solution, target, spec.mode);
+    if let Some(remote) = remote {
+        for (_, _, filesystem) in &steps {
+            runtime.block_on(remote.fetch(filesystem))?;
+        }
+    }
+    let content = cache_content(&steps, None::<&Filesystem>).finish();
+    export_cache(store, location, content, spec.compression)?;
+    Ok(())
 }
 
 fn fail(diagnostic: &Diagnostic) -> ExitCode {

@@ -6,6 +6,8 @@
 //! - [`key`]: the cache key of a vertex and its labelled components, so a miss can be explained.
 //! - [`records`]: key → result files in the state directory's `records/`, durable and shared
 //!   safely between processes, plus the per-step index that miss explanations compare against.
+//! - [`remote`]: records imported with `--cache-from`, consulted after a local miss, and the
+//!   steps `--cache-to` exports.
 //! - [`scheduler`]: runs every vertex whose inputs are ready on tokio, bounded by `jobs`,
 //!   cache lookups first, and streams progress events; execution is behind [`Executor`].
 //!
@@ -22,6 +24,7 @@
 
 pub mod key;
 pub mod records;
+pub mod remote;
 pub mod result;
 pub mod scheduler;
 #[cfg(test)]
@@ -31,6 +34,7 @@ pub use key::{CacheKey, Change, KeyComponent, KeyExplanation, KeySources};
 pub use records::{
     Found, Lookup, MissReason, Position, Record, RecordError, RecordProblem, RecordStore,
 };
+pub use remote::{ExportMode, RemoteError, RemoteRecords, cache_content, exported_steps};
 pub use result::{Filesystem, ImageOrigin, LayerRef, Solved, SolvedInput};
 pub use scheduler::{
     Cancel, ExecError, Executor, Job, OutputStream, ProgressEvent, Solution, SolveError,

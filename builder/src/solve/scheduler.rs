@@ -17,6 +17,9 @@
 //!   after a failure. Dropping the solve future aborts its tasks.
 //! - `ignore_cache` vertices always run, and are still recorded, so a later build can hit.
 //! - Every vertex that runs reports why it was not served from the cache.
+//! - With [`Solver::with_remote`], a key the local records miss is looked up in the imported
+//!   records (waiting for them to load only then), and a step that must run first fetches the
+//!   remote layers its inputs name.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -32,6 +35,7 @@ use tokio::task::JoinSet;
 use crate::graph::{BuildGraph, Op, Vertex, VertexId};
 use crate::solve::key::{CacheKey, KeyExplanation, KeySources};
 use crate::solve::records::{Found, MissReason, Position, Record, RecordError, RecordStore};
+use crate::solve::remote::{RemoteError, RemoteRecords};
 use crate::solve::result::{Solved, SolvedInput};
 
 /// Runs the ops of vertices. Implementations must notice [`Job::cancel`] and return
@@ -69,6 +73,8 @@ pub enum VertexError {
     Exec(#[from] ExecError),
     #[error("cache record: {0}")]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("internal error: {0}")]
     Panicked(String),
 }
@@ -267,6 +273,7 @@ pub struct Solver<E> {
     records: RecordStore,
     options: SolveOptions,
     progress: Option<UnboundedSender<ProgressEvent>>,
+    remote: Option<Arc<RemoteRecords>>,
 }
 
 impl<E: Executor> Solver<E> {
@@ -276,7 +283,14 @@ impl<E: Executor> Solver<E> {
             records,
             options,
             progress: None,
+            remote: None,
         }
+    }
+
+    /// Consults `remote` for the steps the local records miss.
+    pub fn with_remote(mut self, remote: Arc<RemoteRecords>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Sends progress events to `sender`.
@@ -299,6 +313,7 @@ impl<E: Executor> Solver<E> {
             scope: self.options.scope.clone(),
             settings: self.options.settings.clone(),
             progress: self.progress.clone(),
+            remote: self.remote.clone(),
             cancel: Cancel::new(),
         });
         let needed = graph.needed_by(roots);
@@ -437,6 +452,7 @@ struct Build<E> {
     scope: String,
     settings: BTreeMap<String, String>,
     progress: Option<UnboundedSender<ProgressEvent>>,
+    remote: Option<Arc<RemoteRecords>>,
     cancel: Cancel,
 }
 
@@ -520,21 +536,29 @@ impl<E: Executor> Build<E> {
             let records = self.records.clone();
             let lookup = (key.clone(), position.clone(), explanation.clone());
             match blocking(move || records.find(&lookup.0, &lookup.1, &lookup.2)).await? {
-                Found::Hit(record) => {
-                    self.emit(ProgressEvent::Cached {
-                        vertex: job.id,
-                        name: job.vertex.name.clone(),
-                        key: key.clone(),
-                    });
-                    return Ok(SolvedVertex {
-                        result: Arc::new(rebase_linked(job, record.result)),
-                        key: Some(key),
-                        cached: true,
-                    });
-                }
+                Found::Hit(record) => return Ok(self.cached(job, key, record.result)),
                 Found::Miss(reason) => reason,
             }
         };
+        if let Some(remote) = self.remote.as_ref().filter(|_| !job.vertex.ignore_cache)
+            && let Some(filesystem) = remote.lookup(&key).await
+        {
+            let result = Solved::Filesystem(filesystem);
+            remote.remember_hit(Record::new(
+                job.vertex.name.clone(),
+                explanation,
+                result.clone(),
+            ));
+            return Ok(self.cached(job, key, result));
+        }
+        if let Some(remote) = &self.remote {
+            // Inputs served by a remote hit may name layers that are not local yet.
+            for input in &job.inputs {
+                if let Some(filesystem) = input.result.filesystem() {
+                    remote.fetch(filesystem).await?;
+                }
+            }
+        }
         let (result, started) = self.run(job, Some(key.clone()), reason).await?;
         let records = self.records.clone();
         let record = Record::new(job.vertex.name.clone(), explanation, (*result).clone());
@@ -552,6 +576,20 @@ impl<E: Executor> Build<E> {
             key: Some(key),
             cached: false,
         })
+    }
+
+    /// Reports a hit and yields its result (a linked COPY's layer moved onto this base).
+    fn cached(&self, job: &Job, key: CacheKey, result: Solved) -> SolvedVertex {
+        self.emit(ProgressEvent::Cached {
+            vertex: job.id,
+            name: job.vertex.name.clone(),
+            key: key.clone(),
+        });
+        SolvedVertex {
+            result: Arc::new(rebase_linked(job, result)),
+            key: Some(key),
+            cached: true,
+        }
     }
 
     /// Executes `job` once a `jobs` slot is free; returns the result and when it started.

@@ -8,8 +8,10 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::graph::FileAction;
+use crate::solve::remote::{ExportMode, cache_content, exported_steps};
 use crate::solve::result::{Filesystem, ImageOrigin};
 use crate::solve::test_support::{copy, exec, stored_layer};
+use imgb_cache::build_cache::{CacheLocation, export_cache};
 
 /// One `execute` call, as the test executor saw it.
 #[derive(Debug, Clone)]
@@ -203,6 +205,17 @@ async fn build_with(
     jobs: usize,
     cancel: &Cancel,
 ) -> Built {
+    solve_with(executor, graph, roots, jobs, cancel, None).await
+}
+
+async fn solve_with(
+    executor: &Arc<TestExecutor>,
+    graph: &BuildGraph,
+    roots: &[VertexId],
+    jobs: usize,
+    cancel: &Cancel,
+    remote: Option<Arc<RemoteRecords>>,
+) -> Built {
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let options = SolveOptions {
         jobs,
@@ -210,7 +223,10 @@ async fn build_with(
         settings: BTreeMap::new(),
     };
     let records = RecordStore::new(executor.store.clone());
-    let solver = Solver::new(Arc::clone(executor), records, options).with_progress(sender);
+    let mut solver = Solver::new(Arc::clone(executor), records, options).with_progress(sender);
+    if let Some(remote) = remote {
+        solver = solver.with_remote(remote);
+    }
     let outcome = solver.solve(graph, roots, cancel).await;
     drop(solver);
     let mut events = Vec::new();
@@ -793,4 +809,97 @@ async fn progress_reports_each_run_in_order_with_its_output() {
         }
     );
     assert!(matches!(completed, ProgressEvent::Completed { vertex, .. } if *vertex == step));
+}
+
+/// Exports every keyed step of `built` to a cache directory `dir`.
+fn export_all(store: &Store, graph: &BuildGraph, built: &Built, root: VertexId, dir: &Path) {
+    let solution = built.outcome.as_ref().expect("the build succeeds");
+    let steps = exported_steps(graph, solution, root, ExportMode::Max);
+    let content = cache_content(&steps, None).finish();
+    export_cache(store, &CacheLocation::Directory(dir.into()), content, None).unwrap();
+}
+
+fn remote_from(store: &Store, dir: &Path) -> Arc<RemoteRecords> {
+    Arc::new(RemoteRecords::load(
+        store.clone(),
+        vec![CacheLocation::Directory(dir.into())],
+        |location, error| eprintln!("warning: {location}: {error}"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_records_serve_an_empty_store_and_fetch_layers_only_to_run_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let first = Arc::new(TestExecutor::new(&dir.path().join("a")));
+    let mut graph = BuildGraph::new();
+    let base = graph.add(Op::Scratch, vec![], "scratch");
+    let one = run(&mut graph, base, "[s 1/3] RUN one", "one", &[]);
+    let two = run(&mut graph, one, "[s 2/3] RUN two", "two", &[]);
+    let built = build(&first, &graph, &[two]).await;
+    export_all(&first.store, &graph, &built, two, &cache);
+
+    let second = Arc::new(TestExecutor::new(&dir.path().join("b")));
+    let remote = remote_from(&second.store, &cache);
+    let cached = solve_with(&second, &graph, &[two], 4, &Cancel::new(), Some(remote)).await;
+    assert_eq!(
+        cached.cached(),
+        names(&["[s 1/3] RUN one", "[s 2/3] RUN two"])
+    );
+    let Solved::Filesystem(filesystem) = &*cached.root(two) else {
+        panic!("a filesystem");
+    };
+    assert!(
+        filesystem
+            .layers
+            .iter()
+            .all(|layer| !second.store.has_blob(&layer.blob.digest)),
+        "a hit copies no layer"
+    );
+
+    let three = run(&mut graph, two, "[s 3/3] RUN three", "three", &[]);
+    let remote = remote_from(&second.store, &cache);
+    let extended = solve_with(&second, &graph, &[three], 4, &Cancel::new(), Some(remote)).await;
+    assert_eq!(second.executed(), names(&["[s 3/3] RUN three"]));
+    assert!(extended.outcome.is_ok());
+    assert!(
+        filesystem
+            .layers
+            .iter()
+            .all(|layer| second.store.has_blob(&layer.blob.digest)),
+        "the step that ran on the imported layers had them fetched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_hits_do_not_wait_for_a_remote_cache_that_has_not_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Arc::new(TestExecutor::new(&dir.path().join("root")));
+    let mut graph = BuildGraph::new();
+    let base = graph.add(Op::Scratch, vec![], "scratch");
+    let one = run(&mut graph, base, "[s 1/1] RUN one", "one", &[]);
+    assert!(build(&executor, &graph, &[one]).await.outcome.is_ok());
+
+    // A cache whose index.json is a FIFO nobody writes: reading it blocks until the end.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let fifo = cache.join("index.json");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let remote = remote_from(&executor.store, &cache);
+    let cancel = Cancel::new();
+    let roots = [one];
+    let solve = solve_with(&executor, &graph, &roots, 4, &cancel, Some(remote));
+    let built = tokio::time::timeout(Duration::from_secs(30), solve)
+        .await
+        .expect("a local hit never waits for the remote cache");
+    assert_eq!(built.cached(), names(&["[s 1/1] RUN one"]));
+    // Unblocks the reader (it sees no cache and warns), so the runtime can shut down.
+    std::fs::write(&fifo, b"{}").unwrap();
 }

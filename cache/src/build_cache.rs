@@ -1,0 +1,505 @@
+//! The build cache's exchange format (`--cache-to` / `--cache-from`): cache records and the
+//! layers they name, packed as one OCI artifact so a cache built on one machine can be used on
+//! another. `docs/cache-format.md` describes the format with an example.
+//!
+//! A cache is an OCI image manifest whose `config` is a [`CacheConfig`] blob (media type
+//! [`CONFIG_MEDIA_TYPE`], `artifactType` [`ARTIFACT_TYPE`]) and whose `layers` are every layer
+//! blob a record names. Records refer to layers by their index in that list, and
+//! [`CacheConfig::diff_ids`] gives each layer's diffID, so a cache whose layers are recompressed
+//! on export only changes the descriptors. The same [`CacheConfig`] may instead sit in an image
+//! config under [`INLINE_FIELD`] (inline cache), its indices then pointing into the image's own
+//! layers.
+//!
+//! Where a cache lives is a [`CacheLocation`]: an OCI layout directory (its `index.json` entry
+//! tagged [`LAYOUT_TAG`]).
+//!
+//! Invariants:
+//! - Keys are content-addressed cache keys; nothing in the format is machine-specific, so an
+//!   imported record is exactly as valid as a local one with the same key.
+//! - Imported documents are untrusted: every blob is checked against its descriptor's digest
+//!   and size before it is used or stored, and a config whose indices point outside the layer
+//!   list is rejected as a whole.
+//! - Layer blobs are only copied into the store on request ([`ImportedCache::fetch_blob`]), so
+//!   importing a cache costs two small documents until a step needs a layer.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::compress::Compression;
+use crate::digest::Digest;
+use crate::export::{
+    DirLayout, ExportError, LayoutWriter, blob_path as layout_blob_path, convert_layer,
+};
+use crate::oci::{
+    Descriptor, ImageConfig, ImageIndex, ImageLayout, ImageManifest, LayerCompression, annotation,
+    canonical_json, is_manifest_type,
+};
+use crate::store::{Store, StoreError};
+
+/// The version of [`CacheConfig`]; a cache with another version is not read.
+pub const FORMAT_VERSION: u32 = 1;
+/// The cache manifest's `artifactType`.
+pub const ARTIFACT_TYPE: &str = "application/vnd.imgb.cache.v1";
+/// The media type of the [`CacheConfig`] blob.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.imgb.cache.config.v1+json";
+/// The image-config field holding inline cache metadata.
+pub const INLINE_FIELD: &str = "imgb.cache.v1";
+/// The `org.opencontainers.image.ref.name` of the cache in a layout directory.
+pub const LAYOUT_TAG: &str = "cache";
+/// Cache documents (manifest, config) larger than this are refused unread.
+const MAX_DOCUMENT_BYTES: u64 = 64 << 20;
+
+/// The cache's metadata: records, and the diffIDs of the layers they name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheConfig {
+    pub version: u32,
+    /// The diffID of each layer of the manifest, in the manifest's order.
+    #[serde(rename = "diffIDs")]
+    pub diff_ids: Vec<Digest>,
+    pub records: Vec<CacheRecord>,
+}
+
+/// One cache record: a step's key and the filesystem it produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The step's cache key.
+    pub key: Digest,
+    /// The step's name when it was recorded (`[stage 2/3] RUN make`), for people.
+    pub name: String,
+    /// The filesystem's layers, base first, as indices into the manifest's layers.
+    pub layers: Vec<usize>,
+}
+
+/// A layer as a record names it: content identity and the blob holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheLayer {
+    pub diff_id: Digest,
+    pub blob: Descriptor,
+}
+
+/// A cache in memory: its metadata and the layer blobs its indices point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheContent {
+    pub config: CacheConfig,
+    /// Parallel to `config.diff_ids`.
+    pub layers: Vec<Descriptor>,
+}
+
+impl CacheContent {
+    /// The records with their layers resolved; the indices were checked on import.
+    pub fn records(&self) -> impl Iterator<Item = (&CacheRecord, Vec<CacheLayer>)> {
+        self.config.records.iter().map(|record| {
+            let layers = record
+                .layers
+                .iter()
+                .filter_map(|&index| {
+                    Some(CacheLayer {
+                        diff_id: self.config.diff_ids.get(index)?.clone(),
+                        blob: self.layers.get(index)?.clone(),
+                    })
+                })
+                .collect();
+            (record, layers)
+        })
+    }
+
+    /// Checks what an untrusted cache claims: the version, one diffID per layer, indices in
+    /// range.
+    fn validate(self, source: &str) -> Result<Self, BuildCacheError> {
+        let invalid = |reason: String| BuildCacheError::Invalid {
+            cache: source.to_owned(),
+            reason,
+        };
+        if self.config.version != FORMAT_VERSION {
+            return Err(invalid(format!(
+                "format version {}, this imgb reads version {FORMAT_VERSION}",
+                self.config.version
+            )));
+        }
+        if self.config.diff_ids.len() != self.layers.len() {
+            return Err(invalid(format!(
+                "{} diffIDs for {} layers",
+                self.config.diff_ids.len(),
+                self.layers.len()
+            )));
+        }
+        for record in &self.config.records {
+            if let Some(index) = record.layers.iter().find(|&&i| i >= self.layers.len()) {
+                return Err(invalid(format!(
+                    "record {} names layer {index}, but there are {} layers",
+                    record.key,
+                    self.layers.len()
+                )));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Collects records for export, storing each distinct layer once.
+#[derive(Debug, Default)]
+pub struct CacheBuilder {
+    diff_ids: Vec<Digest>,
+    layers: Vec<Descriptor>,
+    /// Blob digest → index in `layers`.
+    positions: HashMap<Digest, usize>,
+    records: Vec<CacheRecord>,
+    keys: HashMap<Digest, usize>,
+}
+
+impl CacheBuilder {
+    /// A builder whose first layers are `layers`, in order (an image's, for inline caches).
+    pub fn with_layers(layers: impl IntoIterator<Item = CacheLayer>) -> Self {
+        let mut builder = CacheBuilder::default();
+        for layer in layers {
+            builder.layer_index(layer);
+        }
+        builder
+    }
+
+    /// Adds the record of `key`; a key already added keeps its first record.
+    pub fn add_record(
+        &mut self,
+        key: Digest,
+        name: impl Into<String>,
+        layers: impl IntoIterator<Item = CacheLayer>,
+    ) {
+        if self.keys.contains_key(&key) {
+            return;
+        }
+        let layers = layers
+            .into_iter()
+            .map(|layer| self.layer_index(layer))
+            .collect();
+        self.keys.insert(key.clone(), self.records.len());
+        self.records.push(CacheRecord {
+            key,
+            name: name.into(),
+            layers,
+        });
+    }
+
+    fn layer_index(&mut self, layer: CacheLayer) -> usize {
+        *self
+            .positions
+            .entry(layer.blob.digest.clone())
+            .or_insert_with(|| {
+                self.diff_ids.push(layer.diff_id);
+                self.layers.push(layer.blob);
+                self.layers.len() - 1
+            })
+    }
+
+    /// Whether no record was added.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn finish(self) -> CacheContent {
+        CacheContent {
+            config: CacheConfig {
+                version: FORMAT_VERSION,
+                diff_ids: self.diff_ids,
+                records: self.records,
+            },
+            layers: self.layers,
+        }
+    }
+}
+
+/// Where a cache is read from or written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// An OCI layout directory (`type=local`).
+    Directory(PathBuf),
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLocation::Directory(dir) => write!(f, "cache directory {}", dir.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildCacheError {
+    #[error("{cache} holds no cache (hint: write one with --cache-to)")]
+    NotFound { cache: String },
+    #[error("{cache} is not a usable cache: {reason}")]
+    Invalid { cache: String, reason: String },
+    #[error("{cache}: blob {digest} hashes to {actual}")]
+    DigestMismatch {
+        cache: String,
+        digest: Digest,
+        actual: Digest,
+    },
+    #[error("{cache}: blob {digest} has {actual} bytes, its descriptor says {expected}")]
+    SizeMismatch {
+        cache: String,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{cache}: {document} is not valid JSON for its type: {error}")]
+    Json {
+        cache: String,
+        document: &'static str,
+        error: serde_json::Error,
+    },
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A cache read from its location: the metadata now, layer blobs on request.
+#[derive(Debug, Clone)]
+pub struct ImportedCache {
+    pub location: CacheLocation,
+    pub content: CacheContent,
+}
+
+/// Reads the cache metadata at `location` (no layer blobs).
+pub fn import_cache(location: &CacheLocation) -> Result<ImportedCache, BuildCacheError> {
+    let source = location.to_string();
+    let content = match location {
+        CacheLocation::Directory(dir) => {
+            let manifest = layout_cache_manifest(dir, &source)?;
+            content_of_manifest(&source, &manifest, |descriptor| {
+                read_layout_document(dir, &source, descriptor)
+            })?
+        }
+    };
+    Ok(ImportedCache {
+        location: location.clone(),
+        content: content.validate(&source)?,
+    })
+}
+
+impl ImportedCache {
+    /// Copies `blob` into `store`, verified; a blob already stored is left alone.
+    pub fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), BuildCacheError> {
+        if store.has_blob(&blob.digest) {
+            return Ok(());
+        }
+        let source = self.location.to_string();
+        match &self.location {
+            CacheLocation::Directory(dir) => {
+                let path = dir.join(layout_blob_path(&blob.digest));
+                let file = File::open(&path).map_err(io_error("open", &path))?;
+                let mut writer = store.blob_writer()?;
+                let copied = io::copy(&mut file.take(blob.size.saturating_add(1)), &mut writer)
+                    .map_err(io_error("copy", &path))?;
+                if copied != blob.size {
+                    return Err(BuildCacheError::SizeMismatch {
+                        cache: source,
+                        digest: blob.digest.clone(),
+                        expected: blob.size,
+                        actual: copied,
+                    });
+                }
+                writer
+                    .commit_expected(&blob.digest)
+                    .map_err(|error| match error {
+                        StoreError::UnexpectedDigest { actual, .. } => {
+                            BuildCacheError::DigestMismatch {
+                                cache: source,
+                                digest: blob.digest.clone(),
+                                actual,
+                            }
+                        }
+                        other => other.into(),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `content` to `location`, its layers recompressed to `compression` where they differ;
+/// returns the cache manifest's descriptor.
+pub fn export_cache(
+    store: &Store,
+    location: &CacheLocation,
+    mut content: CacheContent,
+    compression: Option<Compression>,
+) -> Result<Descriptor, BuildCacheError> {
+    if let Some(compression) = compression {
+        for (layer, diff_id) in content.layers.iter_mut().zip(&content.config.diff_ids) {
+            if LayerCompression::from_media_type(&layer.media_type)
+                != Some(LayerCompression::of(compression))
+            {
+                *layer = convert_layer(store, layer, diff_id, compression)?;
+            }
+        }
+    }
+    let source = location.to_string();
+    let encode = |document| json_error(&source, document);
+    let config_bytes = canonical_json(&content.config).map_err(encode("cache config"))?;
+    let config = Descriptor::new(
+        CONFIG_MEDIA_TYPE,
+        Digest::of(&config_bytes),
+        config_bytes.len() as u64,
+    );
+    let mut manifest = ImageManifest::new(config.clone(), content.layers.clone());
+    manifest.artifact_type = Some(ARTIFACT_TYPE.to_owned());
+    let manifest_bytes = canonical_json(&manifest).map_err(encode("cache manifest"))?;
+    let mut descriptor = Descriptor::new(
+        manifest.media_type.clone().unwrap_or_default(),
+        Digest::of(&manifest_bytes),
+        manifest_bytes.len() as u64,
+    );
+    descriptor.artifact_type = Some(ARTIFACT_TYPE.to_owned());
+    match location {
+        CacheLocation::Directory(dir) => {
+            let mut layout = DirLayout::open(dir)?;
+            let layout_file =
+                canonical_json(&ImageLayout::default()).map_err(encode("oci-layout"))?;
+            layout.file("oci-layout", &layout_file)?;
+            for layer in &content.layers {
+                layout.stored_blob(store, layer)?;
+            }
+            layout.file(&layout_blob_path(&config.digest), &config_bytes)?;
+            layout.file(&layout_blob_path(&descriptor.digest), &manifest_bytes)?;
+            let mut entry = descriptor.clone();
+            entry
+                .annotations
+                .insert(annotation::REF_NAME.to_owned(), LAYOUT_TAG.to_owned());
+            layout.index(vec![entry])?;
+        }
+    }
+    Ok(descriptor)
+}
+
+/// The cache metadata a manifest carries: a cache artifact's config, or the inline field of an
+/// image's config. `read` fetches a small document by descriptor, verified.
+fn content_of_manifest(
+    source: &str,
+    manifest: &ImageManifest,
+    read: impl Fn(&Descriptor) -> Result<Vec<u8>, BuildCacheError>,
+) -> Result<CacheContent, BuildCacheError> {
+    let json = |document| json_error(source, document);
+    let config_bytes = read(&manifest.config)?;
+    let config = if manifest.config.media_type == CONFIG_MEDIA_TYPE {
+        serde_json::from_slice::<CacheConfig>(&config_bytes).map_err(json("cache config"))?
+    } else {
+        let image: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(json("image config"))?;
+        image.build_cache.ok_or_else(|| BuildCacheError::NotFound {
+            cache: source.to_owned(),
+        })?
+    };
+    Ok(CacheContent {
+        config,
+        layers: manifest.layers.clone(),
+    })
+}
+
+/// The cache manifest of a layout directory: the `index.json` entry tagged [`LAYOUT_TAG`].
+fn layout_cache_manifest(dir: &Path, source: &str) -> Result<ImageManifest, BuildCacheError> {
+    let index_path = dir.join("index.json");
+    let bytes = match std::fs::read(&index_path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Err(BuildCacheError::NotFound {
+                cache: source.to_owned(),
+            });
+        }
+        Err(error) => return Err(io_error("read", &index_path)(error)),
+    };
+    let index: ImageIndex =
+        serde_json::from_slice(&bytes).map_err(json_error(source, "index.json"))?;
+    let entry = index
+        .manifests
+        .iter()
+        .find(|entry| {
+            entry
+                .annotations
+                .get(annotation::REF_NAME)
+                .map(String::as_str)
+                == Some(LAYOUT_TAG)
+        })
+        .filter(|entry| is_manifest_type(&entry.media_type))
+        .ok_or_else(|| BuildCacheError::NotFound {
+            cache: source.to_owned(),
+        })?;
+    let bytes = read_layout_document(dir, source, entry)?;
+    serde_json::from_slice(&bytes).map_err(json_error(source, "cache manifest"))
+}
+
+/// A small blob of a layout directory, checked against its descriptor.
+fn read_layout_document(
+    dir: &Path,
+    source: &str,
+    descriptor: &Descriptor,
+) -> Result<Vec<u8>, BuildCacheError> {
+    if descriptor.size > MAX_DOCUMENT_BYTES {
+        return Err(BuildCacheError::Invalid {
+            cache: source.to_owned(),
+            reason: format!(
+                "document {} claims {} bytes (limit {MAX_DOCUMENT_BYTES})",
+                descriptor.digest, descriptor.size
+            ),
+        });
+    }
+    let path = dir.join(layout_blob_path(&descriptor.digest));
+    let mut bytes = Vec::new();
+    File::open(&path)
+        .and_then(|file| {
+            file.take(descriptor.size.saturating_add(1))
+                .read_to_end(&mut bytes)
+        })
+        .map_err(io_error("read", &path))?;
+    verify_document(source, descriptor, bytes)
+}
+
+/// `bytes` if they are what `descriptor` names.
+pub(crate) fn verify_document(
+    source: &str,
+    descriptor: &Descriptor,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, BuildCacheError> {
+    if bytes.len() as u64 != descriptor.size {
+        return Err(BuildCacheError::SizeMismatch {
+            cache: source.to_owned(),
+            digest: descriptor.digest.clone(),
+            expected: descriptor.size,
+            actual: bytes.len() as u64,
+        });
+    }
+    let actual = Digest::of(&bytes);
+    if actual != descriptor.digest {
+        return Err(BuildCacheError::DigestMismatch {
+            cache: source.to_owned(),
+            digest: descriptor.digest.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildCacheError {
+    let path = path.to_owned();
+    move |error| StoreError::io(op, path)(error).into()
+}
+
+fn json_error(
+    cache: &str,
+    document: &'static str,
+) -> impl FnOnce(serde_json::Error) -> BuildCacheError {
+    let cache = cache.to_owned();
+    move |error| BuildCacheError::Json {
+        cache,
+        document,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! The `--cache-to` / `--cache-from` values of `imgb build`, in buildx's CSV syntax:
+//!
+//! - `type=local,dest=DIR` / `type=local,src=DIR`: a cache directory (an OCI layout);
+//! - `type=inline` (to only): the cache metadata in the built image's config, read back with
+//!   `--cache-from type=registry,ref=IMAGE`;
+//! - `--cache-to` also takes `mode=min|max` (min, the default: the steps of the exported
+//!   image's layers; max: every step of every stage) and `compression=gzip|zstd|uncompressed`.
+//!
+//! Keys are case-insensitive; an unknown key is an error naming the valid ones, as `-o` does.
+
+use anyhow::{Result, anyhow, bail};
+use imgb_builder::solve::ExportMode;
+use imgb_cache::Compression;
+use imgb_cache::build_cache::CacheLocation;
+use imgb_cache::output::{compression_named, split_csv};
+use std::path::PathBuf;
+
+/// Where `--cache-to` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheDestination {
+    Location(CacheLocation),
+    /// Into the built image's config.
+    Inline,
+}
+
+/// A parsed `--cache-to` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheExportSpec {
+    pub destination: CacheDestination,
+    pub mode: ExportMode,
+    /// Layers are exported as stored unless this asks for another compression.
+    pub compression: Option<Compression>,
+}
+
+/// The `key=value` fields of one value, keys lowercased, checked against `allowed`.
+fn fields(option: &str, spec: &str, allowed: &[&str]) -> Result<Vec<(String, String)>> {
+    let fields = split_csv(spec).map_err(|reason| anyhow!("{option} {spec}: {reason}"))?;
+    fields
+        .into_iter()
+        .map(|field| {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| anyhow!("{option} {spec}: field {field:?} is not key=value"))?;
+            let key = key.trim().to_ascii_lowercase();
+            if !allowed.contains(&key.as_str()) {
+                bail!(
+                    "{option} {spec}: unknown key {key:?} (valid keys: {})",
+                    allowed.join(", ")
+                );
+            }
+            Ok((key, value.to_string()))
+        })
+        .collect()
+}
+
+fn value<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.as_str())
+}
+
+/// The location named by `type=` and its path or reference field (`path_key`).
+fn location(
+    option: &str,
+    spec: &str,
+    fields: &[(String, String)],
+    path_key: &str,
+) -> Result<CacheLocation> {
+    match value(fields, "type") {
+        Some("local") => {
+            let dir = value(fields, path_key)
+                .filter(|dir| !dir.is_empty())
+                .ok_or_else(|| anyhow!("{option} {spec}: type=local needs {path_key}=DIR"))?;
+            Ok(CacheLocation::Directory(PathBuf::from(dir)))
+        }
+        Some(other) => bail!("{option} {spec}: unknown type {other:?} (valid: local, inline)"),
+        None => bail!("{option} {spec}: missing type="),
+    }
+}
+
+pub fn parse_cache_from(spec: &str) -> Result<CacheLocation> {
+    let fields = fields("--cache-from", spec, &["type", "src"])?;
+    location("--cache-from", spec, &fields, "src")
+}
+
+pub fn parse_cache_to(spec: &str) -> Result<CacheExportSpec> {
+    const KEYS: &[&str] = &["type", "dest", "mode", "compression"];
+    let fields = fields("--cache-to", spec, KEYS)?;
+    let destination = if value(&fields, "type") == Some("inline") {
+        CacheDestination::Inline
+    } else {
+        CacheDestination::Location(location("--cache-to", spec, &fields, "dest")?)
+    };
+    let mode = match value(&fields, "mode") {
+        None | Some("min") => ExportMode::Min,
+        Some("max") => ExportMode::Max,
+        Some(other) => bail!("--cache-to {spec}: mode={other:?} (valid: min, max)"),
+    };
+    if mode == ExportMode::Max && destination == CacheDestination::Inline {
+        bail!("--cache-to {spec}: type=inline only holds the image's own layers (mode=min)");
+    }
+    let compression = value(&fields, "compression")
+        .map(|name| {
+            compression_named(name).ok_or_else(|| {
+                anyhow!("--cache-to {spec}: compression={name:?} (valid: gzip, zstd, uncompressed)")
+            })
+        })
+        .transpose()?;
+    Ok(CacheExportSpec {
+        destination,
+        mode,
+        compression,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_cache_specs_parse_every_key() {
+        let spec = parse_cache_to("type=local,dest=/c,mode=max,compression=zstd").unwrap();
+        assert_eq!(
+            spec.destination,
+            CacheDestination::Location(CacheLocation::Directory("/c".into()))
+        );
+        assert_eq!(spec.mode, ExportMode::Max);
+        assert_eq!(spec.compression, Some(Compression::ZSTD_DEFAULT));
+        assert_eq!(
+            parse_cache_from("TYPE=local,Src=/c").unwrap(),
+            CacheLocation::Directory("/c".into())
+        );
+        let inline = parse_cache_to("type=inline").unwrap();
+        assert_eq!(inline.destination, CacheDestination::Inline);
+        assert_eq!(inline.mode, ExportMode::Min);
+    }
+
+    #[test]
+    fn bad_cache_specs_name_the_problem() {
+        for (spec, expected) in [
+            ("type=local", "dest=DIR"),
+            ("type=local,dest=/c,mode=all", "mode"),
+            ("type=local,dest=/c,compression=lz4", "compression"),
+            ("type=local,dest=/c,depth=1", "valid keys"),
+            ("type=s3,dest=/c", "unknown type"),
+            ("dest=/c", "missing type"),
+            ("type=inline,mode=max", "inline"),
+        ] {
+            let error = parse_cache_to(spec).unwrap_err().to_string();
+            assert!(error.contains(expected), "{spec}: {error}");
+        }
+        let error = parse_cache_from("type=local,dest=/c")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("valid keys: type, src"), "{error}");
+    }
+}
