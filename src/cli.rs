@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Check a Dockerfile: parse, validate and run the lint checks, without building.
     Check(CheckArgs),
     /// Tools for looking inside imgb.
