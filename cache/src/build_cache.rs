@@ -362,8 +362,8 @@ pub fn export_cache(
             let layout_file =
                 canonical_json(&ImageLayout::default()).map_err(encode("oci-layout"))?;
             layout.file("oci-layout", &layout_file)?;
-            for layer in &content.layers {
-                layout.stored_blob(store, layer)?;
+            for (layer, diff_id) in content.layers.iter().zip(&content.config.diff_ids) {
+                layout.stored_blob(store, layer, Some(diff_id))?;
             }
             layout.file(&layout_blob_path(&config.digest), &config_bytes)?;
             layout.file(&layout_blob_path(&descriptor.digest), &manifest_bytes)?;

@@ -157,12 +157,12 @@ impl RemoteRecords {
         }
     }
 
-    /// Makes every blob `filesystem` names local, fetching the missing ones from the caches.
+    /// Makes every layer `filesystem` names readable locally (a blob or a step's snapshot), fetching the missing ones from the caches.
     pub async fn fetch(&self, filesystem: &Filesystem) -> Result<(), RemoteError> {
         let missing: Vec<_> = filesystem
             .layers
             .iter()
-            .filter(|layer| !self.store.has_blob(&layer.blob.digest))
+            .filter(|layer| !self.store.has_layer(&layer.blob, &layer.diff_id))
             .map(|layer| layer.blob.clone())
             .collect();
         if missing.is_empty() {
@@ -197,12 +197,7 @@ impl RemoteRecords {
             .unwrap_or_default();
         let mut adopted = 0;
         for record in hits {
-            if record
-                .result
-                .blobs()
-                .into_iter()
-                .all(|digest| self.store.has_blob(digest))
-            {
+            if record.result.missing_from(&self.store).is_none() {
                 records.write(&record)?;
                 adopted += 1;
             }
