@@ -13,14 +13,14 @@
 
 mod mounts;
 
-use crate::context::HashedContext;
-use crate::context::PathFilter;
+use crate::context::{EntryKind, HashedContext, PathFilter, Selection};
 use crate::file_ops::{SourceRoot, apply_file_actions};
 use crate::graph::{ExecMount, FileAction, Network, Op};
 use crate::ignore::IgnoreRules;
 use crate::layered::LayeredView;
 use crate::solve::{
-    ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, OutputStream, Solved, SolvedInput,
+    ContextListing, ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, ListedKind,
+    OutputStream, Solved, SolvedInput,
 };
 use imgb_cache::{Digest, Store};
 use imgb_runner::{CommitTo, RunSpec, RunStatus, Runner};
@@ -194,6 +194,61 @@ impl StoreExecutor {
     }
 }
 
+impl StoreExecutor {
+    /// Calls `visit` with each selection `job`'s vertex makes from the build context, in op
+    /// order: the sources of its COPY actions from the context, the sources of its context
+    /// bind mounts.
+    fn visit_context_selections(
+        &self,
+        job: &Job,
+        mut visit: impl FnMut(Selection<'_>),
+    ) -> Result<(), ExecError> {
+        let context = self
+            .context
+            .as_deref()
+            .ok_or_else(|| failed("the build has no context"))?;
+        let reads_context = |input: usize| {
+            job.inputs
+                .get(input)
+                .is_some_and(|i| matches!(*i.result, Solved::Context))
+        };
+        match &job.vertex.op {
+            Op::File { actions } => {
+                for action in actions {
+                    if let FileAction::Copy {
+                        input,
+                        sources,
+                        exclude,
+                        ..
+                    } = action
+                        && reads_context(*input)
+                    {
+                        let rules = IgnoreRules::from_patterns(exclude).map_err(failed)?;
+                        let filter = (!exclude.is_empty()).then_some(&rules as &dyn PathFilter);
+                        visit(context.select(sources, filter).map_err(failed)?);
+                    }
+                }
+            }
+            Op::Exec(exec) => {
+                for mount in &exec.mounts {
+                    if let ExecMount::Bind { input, source, .. } = mount
+                        && reads_context(*input)
+                    {
+                        let source = if source.is_empty() {
+                            "."
+                        } else {
+                            source.as_str()
+                        };
+                        visit(context.select(&[source], None).map_err(failed)?);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 impl Executor for StoreExecutor {
     async fn execute(&self, job: &Job) -> Result<Solved, ExecError> {
         match &job.vertex.op {
@@ -217,61 +272,26 @@ impl Executor for StoreExecutor {
     }
 
     async fn select_context(&self, job: &Job) -> Result<Digest, ExecError> {
-        let context = self
-            .context
-            .as_deref()
-            .ok_or_else(|| failed("the build has no context"))?;
-        let reads_context = |input: usize| {
-            job.inputs
-                .get(input)
-                .is_some_and(|i| matches!(*i.result, Solved::Context))
-        };
         let mut digests = Vec::new();
-        match &job.vertex.op {
-            Op::File { actions } => {
-                for action in actions {
-                    if let FileAction::Copy {
-                        input,
-                        sources,
-                        exclude,
-                        ..
-                    } = action
-                        && reads_context(*input)
-                    {
-                        let rules = IgnoreRules::from_patterns(exclude).map_err(failed)?;
-                        let filter = (!exclude.is_empty()).then_some(&rules as &dyn PathFilter);
-                        digests.push(
-                            context
-                                .select(sources, filter)
-                                .map_err(failed)?
-                                .digest
-                                .hex(),
-                        );
-                    }
-                }
-            }
-            Op::Exec(exec) => {
-                for mount in &exec.mounts {
-                    if let ExecMount::Bind { input, source, .. } = mount
-                        && reads_context(*input)
-                    {
-                        let source = if source.is_empty() {
-                            "."
-                        } else {
-                            source.as_str()
-                        };
-                        digests.push(
-                            context
-                                .select(&[source], None)
-                                .map_err(failed)?
-                                .digest
-                                .hex(),
-                        );
-                    }
-                }
-            }
-            _ => {}
-        }
+        self.visit_context_selections(job, |selection| {
+            digests.push(selection.digest.hex());
+        })?;
         Ok(Digest::of(digests.join("\n").as_bytes()))
+    }
+
+    async fn context_listing(&self, job: &Job) -> Result<ContextListing, ExecError> {
+        let mut listing = ContextListing::default();
+        self.visit_context_selections(job, |selection| {
+            for entry in selection.entries() {
+                let kind = match entry.kind {
+                    EntryKind::File => ListedKind::File,
+                    EntryKind::Dir => ListedKind::Dir,
+                    EntryKind::Symlink { .. } => ListedKind::Symlink,
+                    EntryKind::Other { .. } => ListedKind::Other,
+                };
+                listing.insert(&entry.path, kind, entry.mode, &entry.digest.hex());
+            }
+        })?;
+        Ok(listing)
     }
 }

@@ -499,24 +499,7 @@ fn expose_rules(ports: &[String], span: crate::Span, warnings: &mut Vec<Diagnost
 
 /// Names that look like credentials (BuildKit's patterns), unless they are clearly not.
 fn secrets_rule(keyword: &str, name: &str, span: crate::Span, warnings: &mut Vec<Diagnostic>) {
-    let upper = name.to_uppercase();
-    let parts: Vec<&str> = upper.split(|c: char| !c.is_ascii_alphanumeric()).collect();
-    let sensitive = [
-        "APIKEY",
-        "AUTH",
-        "CREDENTIAL",
-        "CREDENTIALS",
-        "KEY",
-        "PASSWORD",
-        "PASSWD",
-        "PWD",
-        "SECRET",
-        "TOKEN",
-    ];
-    let allowed = ["PUBLIC"];
-    if parts.iter().any(|part| sensitive.contains(part))
-        && !parts.iter().any(|part| allowed.contains(part))
-    {
+    if imgb_builder::solve::looks_like_a_credential(name) {
         warnings.push(
             Diagnostic::warning("SecretsUsedInArgOrEnv", format!("Do not use ARG or ENV instructions for sensitive data ({keyword} \"{name}\")"))
                 .at(span)

@@ -83,6 +83,24 @@ pub struct Dockerfile {
 }
 
 impl Dockerfile {
+    /// The names of every build argument the Dockerfile declares (global and per stage).
+    pub fn arg_names(&self) -> BTreeSet<String> {
+        let in_stages = self.stages.iter().flat_map(|stage| {
+            stage
+                .instructions
+                .iter()
+                .filter_map(|instruction| match instruction {
+                    Instruction::Arg(arg) => Some(arg),
+                    _ => None,
+                })
+        });
+        self.global_args
+            .iter()
+            .chain(in_stages)
+            .flat_map(|arg| arg.args.iter().map(|definition| definition.name.clone()))
+            .collect()
+    }
+
     /// Parses and types a Dockerfile. Diagnostics are rendered against `name` and `source`.
     pub fn parse(name: &str, source: &str) -> Result<Dockerfile, Diagnostic> {
         Dockerfile::parse_unnamed(source).map_err(|error| error.with_source(name, source))

@@ -4,7 +4,7 @@ use crate::check::{FrontendArgs, LoadedDockerfile};
 use crate::commands::cache_opts::{
     CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
 };
-use crate::commands::progress::{Built, Progress, ProgressMode};
+use crate::commands::progress::{Built, Explainer, Progress, ProgressMode};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
@@ -202,9 +202,9 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         solver = solver.with_remote(Arc::clone(remote));
     }
     let cancel = Cancel::new();
-    let progress = Progress::new(args.progress);
+    let progress = Progress::new(args.progress, Explainer::new(loaded.dockerfile.arg_names()));
     let outcome = runtime.block_on(async {
-        let renderer = tokio::spawn(progress.render(receiver));
+        let renderer = tokio::spawn(progress.clone().render(receiver));
         let ctrl_c = cancel.clone();
         let watcher = tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

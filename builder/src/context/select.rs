@@ -49,6 +49,15 @@ pub struct SelectedSource<'a> {
     pub digest: ContentDigest,
 }
 
+impl<'a> Selection<'a> {
+    /// Every entry the selection copies: each matched entry, then what is copied from below it.
+    pub fn entries(&self) -> impl Iterator<Item = &'a Entry> + '_ {
+        self.sources
+            .iter()
+            .flat_map(|source| std::iter::once(source.entry).chain(source.contents.iter().copied()))
+    }
+}
+
 impl SelectedSource<'_> {
     /// The path of `entry`, one of [`Self::contents`], relative to the selected directory.
     pub fn relative_path<'e>(&self, entry: &'e Entry) -> &'e str {

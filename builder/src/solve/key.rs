@@ -29,8 +29,11 @@
 //!
 //! The key is computed *from* its [`KeyExplanation`], so the two can never disagree. The
 //! explanation also carries the instruction's parts (command, each env variable, each mount,
-//! each file action) as digests — never values, which may hold build-arg secrets — so that a
-//! miss can say which part of an instruction changed.
+//! each file action) as digests, and the names of the steps its inputs come from, so that a miss
+//! can say which part of an instruction or which upstream step changed. Values are kept beside
+//! the digests only where they may be shown: image digests, settings, and env values whose
+//! names do not look like credentials ([`looks_like_a_credential`]) — an env value may be a
+//! build arg holding a secret.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,6 +42,7 @@ use imgb_cache::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{ExecOp, FileAction, Op};
+use crate::solve::listing::FileChanges;
 use crate::solve::result::{Solved, SolvedInput};
 
 /// Bumped when equal components may no longer give equal results.
@@ -83,6 +87,18 @@ impl fmt::Debug for CacheKey {
 pub struct KeyComponent {
     pub label: String,
     pub value: String,
+    /// What a change of this component may show of it; none where the value could be a secret
+    /// or means nothing to people. Never hashed into the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<String>,
+}
+
+/// What of a [`KeyComponent`] enters the key (the same JSON as before `shown` existed, so keys
+/// did not change with it).
+#[derive(Serialize)]
+struct HashedComponent<'a> {
+    label: &'a str,
+    value: &'a str,
 }
 
 impl KeyComponent {
@@ -90,6 +106,16 @@ impl KeyComponent {
         KeyComponent {
             label: label.into(),
             value: value.into(),
+            shown: None,
+        }
+    }
+
+    /// A component whose value may be shown as it is.
+    fn shown(label: impl Into<String>, value: impl Into<String>) -> Self {
+        let value = value.into();
+        KeyComponent {
+            shown: Some(value.clone()),
+            ..KeyComponent::new(label, value)
         }
     }
 
@@ -99,6 +125,28 @@ impl KeyComponent {
         let bytes = serde_json::to_vec(part).unwrap_or_default();
         KeyComponent::new(label, Digest::of(&bytes).to_string())
     }
+}
+
+/// Whether an env variable or build arg named `name` looks like it holds a credential
+/// (BuildKit's `SecretsUsedInArgOrEnv` patterns): its value is then never kept or shown.
+pub fn looks_like_a_credential(name: &str) -> bool {
+    const SENSITIVE: [&str; 10] = [
+        "APIKEY",
+        "AUTH",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "KEY",
+        "PASSWORD",
+        "PASSWD",
+        "PWD",
+        "SECRET",
+        "TOKEN",
+    ];
+    const ALLOWED: [&str; 1] = ["PUBLIC"];
+    let upper = name.to_uppercase();
+    let words: Vec<&str> = upper.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    words.iter().any(|word| SENSITIVE.contains(word))
+        && !words.iter().any(|word| ALLOWED.contains(word))
 }
 
 /// Everything a key is computed from.
@@ -111,6 +159,8 @@ pub struct KeySources<'a> {
     /// The digest of the context files the vertex selects, when it reads the context.
     pub context_files: Option<&'a Digest>,
     pub settings: &'a BTreeMap<String, String>,
+    /// The names of the steps the inputs come from, in input order.
+    pub input_names: &'a [String],
 }
 
 /// The labelled components a key is computed from, kept with each record so a later miss can
@@ -123,24 +173,96 @@ pub struct KeyExplanation {
     /// The parts of the instruction, for pinpointing a change; the `instruction` component
     /// already covers them.
     pub instruction_parts: Vec<KeyComponent>,
+    /// The names of the steps the inputs came from, in input order (not hashed).
+    #[serde(default)]
+    pub input_names: Vec<String>,
 }
 
-/// One component that differs from the last record of the same step.
+/// One component (or part of the instruction) that differs from the last record of the same
+/// step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
+    /// The label: `instruction`, `input N layers`, `input N image`, `context files`,
+    /// `setting NAME`; for a part of the instruction `command`, `env NAME`, `mount /target`, ...
     pub component: String,
-    /// For `instruction`: the parts that differ (`command`, `env NAME`, `mount /target`, ...).
-    pub parts: Vec<String>,
+    /// For `instruction`: the parts that differ.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Change>,
+    /// What changed, where more can be said than the label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<ChangeDetail>,
+}
+
+/// What is known about a change beyond its label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeDetail {
+    /// The value before and after, where it may be shown; `None` where it was not set.
+    Values {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    /// An input whose layers differ: the step that produced it, by its current name.
+    Upstream { step: String },
+    /// The context selection digests, before the scheduler compares their listings.
+    Selection { from: String, to: String },
+    /// The context files that differ (see [`ContextListing::changes_from`]).
+    ///
+    /// [`ContextListing::changes_from`]: crate::solve::ContextListing::changes_from
+    Files(FileChanges),
+}
+
+impl Change {
+    fn new(component: impl Into<String>) -> Self {
+        Change {
+            component: component.into(),
+            parts: Vec::new(),
+            detail: None,
+        }
+    }
 }
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} changed", self.component)?;
-        if !self.parts.is_empty() {
-            write!(f, " ({})", self.parts.join(", "))?;
-        }
-        Ok(())
+        f.write_str(&self.describe(&|label| label.to_string()))
     }
+}
+
+impl Change {
+    /// The change in words, with `term` naming labels (say, `env NAME` as `build arg NAME`).
+    pub fn describe(&self, term: &dyn Fn(&str) -> String) -> String {
+        let name = term(&self.component);
+        match &self.detail {
+            Some(ChangeDetail::Values { from, to }) => {
+                format!("{name} changed: {}", from_to(from, to))
+            }
+            Some(ChangeDetail::Upstream { step }) => {
+                format!("{name} changed: `{step}` produced different files")
+            }
+            Some(ChangeDetail::Files(files)) => format!("{name} changed: {files}"),
+            Some(ChangeDetail::Selection { .. }) | None if self.parts.is_empty() => {
+                format!("{name} changed")
+            }
+            Some(ChangeDetail::Selection { .. }) | None => {
+                let parts: Vec<String> = self
+                    .parts
+                    .iter()
+                    .map(|part| match &part.detail {
+                        Some(ChangeDetail::Values { from, to }) => {
+                            format!("{}: {}", term(&part.component), from_to(from, to))
+                        }
+                        _ => term(&part.component),
+                    })
+                    .collect();
+                format!("{name} changed ({})", parts.join(", "))
+            }
+        }
+    }
+}
+
+fn from_to(from: &Option<String>, to: &Option<String>) -> String {
+    let shown = |value: &Option<String>| value.as_deref().unwrap_or("unset").to_string();
+    format!("{} → {}", shown(from), shown(to))
 }
 
 impl KeyExplanation {
@@ -155,17 +277,29 @@ impl KeyExplanation {
             components.push(KeyComponent::new(CONTEXT_FILES, selection.as_str()));
         }
         for (name, value) in sources.settings {
-            components.push(KeyComponent::new(format!("setting {name}"), value.as_str()));
+            components.push(KeyComponent::shown(
+                format!("setting {name}"),
+                value.as_str(),
+            ));
         }
         KeyExplanation {
             version: KEY_VERSION,
             components,
             instruction_parts: instruction_parts(sources.op),
+            input_names: sources.input_names.to_vec(),
         }
     }
 
     pub fn key(&self) -> CacheKey {
-        let hashed = (self.version, &self.components);
+        let components: Vec<HashedComponent<'_>> = self
+            .components
+            .iter()
+            .map(|component| HashedComponent {
+                label: &component.label,
+                value: &component.value,
+            })
+            .collect();
+        let hashed = (self.version, components);
         // Integers and strings only: serializing cannot fail.
         let bytes = serde_json::to_vec(&hashed).unwrap_or_default();
         CacheKey(Digest::of(&bytes))
@@ -176,21 +310,43 @@ impl KeyExplanation {
     pub fn changes_from(&self, earlier: &KeyExplanation) -> Vec<Change> {
         let mut changes = Vec::new();
         if self.version != earlier.version {
-            changes.push(Change {
-                component: "cache key version".to_string(),
-                parts: Vec::new(),
-            });
+            changes.push(Change::new("cache key version"));
         }
-        for component in differing_labels(&self.components, &earlier.components) {
-            let parts = if component == INSTRUCTION {
-                differing_labels(&self.instruction_parts, &earlier.instruction_parts)
-            } else {
-                Vec::new()
-            };
-            changes.push(Change { component, parts });
+        for mut change in differing(&self.components, &earlier.components) {
+            if change.component == INSTRUCTION {
+                change.parts = differing(&self.instruction_parts, &earlier.instruction_parts);
+            } else if change.component == CONTEXT_FILES {
+                let value = |components: &[KeyComponent]| {
+                    components
+                        .iter()
+                        .find(|component| component.label == CONTEXT_FILES)
+                        .map(|component| component.value.clone())
+                };
+                if let (Some(from), Some(to)) =
+                    (value(&earlier.components), value(&self.components))
+                {
+                    change.detail = Some(ChangeDetail::Selection { from, to });
+                }
+            } else if let Some(step) = input_position(&change.component)
+                .filter(|_| change.detail.is_none())
+                .and_then(|position| self.input_names.get(position))
+            {
+                change.detail = Some(ChangeDetail::Upstream { step: step.clone() });
+            }
+            changes.push(change);
         }
         changes
     }
+}
+
+/// `N` of an `input N ...` label.
+fn input_position(label: &str) -> Option<usize> {
+    label
+        .strip_prefix("input ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The content identity of input `position`; none for the context, whose files enter the key
@@ -199,7 +355,7 @@ fn input_identity(position: usize, result: &Solved) -> Option<KeyComponent> {
     let filesystem = result.filesystem()?;
     Some(match &filesystem.image {
         Some(origin) => {
-            KeyComponent::new(format!("input {position} image"), origin.manifest.as_str())
+            KeyComponent::shown(format!("input {position} image"), origin.manifest.as_str())
         }
         None => {
             // diffIDs have a fixed format, so joining them with newlines is unambiguous.
@@ -228,7 +384,11 @@ fn exec_parts(exec: &ExecOp) -> Vec<KeyComponent> {
     let mut parts = vec![KeyComponent::digest_of("command", &exec.argv)];
     for variable in &exec.env {
         let (name, value) = variable.split_once('=').unwrap_or((variable, ""));
-        parts.push(KeyComponent::digest_of(format!("env {name}"), &value));
+        let mut part = KeyComponent::digest_of(format!("env {name}"), &value);
+        if !looks_like_a_credential(name) {
+            part.shown = Some(value.to_string());
+        }
+        parts.push(part);
     }
     parts.push(KeyComponent::digest_of("working directory", &exec.cwd));
     parts.push(KeyComponent::digest_of("user", &exec.user));
@@ -253,14 +413,15 @@ fn file_action_label(action: &FileAction) -> String {
     }
 }
 
-/// Labels whose values differ between `current` and `earlier` (a label may repeat; its values
-/// are compared as a list), `current`'s order first.
-fn differing_labels(current: &[KeyComponent], earlier: &[KeyComponent]) -> Vec<String> {
-    let values = |components: &[KeyComponent], label: &str| -> Vec<String> {
+/// The labels whose values differ between `current` and `earlier` (a label may repeat; its
+/// values are compared as a list), `current`'s order first, with both values where every one
+/// of them may be shown.
+fn differing(current: &[KeyComponent], earlier: &[KeyComponent]) -> Vec<Change> {
+    let with_label = |components: &'_ [KeyComponent], label: &str| -> Vec<KeyComponent> {
         components
             .iter()
             .filter(|component| component.label == label)
-            .map(|component| component.value.clone())
+            .cloned()
             .collect()
     };
     let mut labels: Vec<&str> = Vec::new();
@@ -271,9 +432,35 @@ fn differing_labels(current: &[KeyComponent], earlier: &[KeyComponent]) -> Vec<S
     }
     labels
         .into_iter()
-        .filter(|label| values(current, label) != values(earlier, label))
-        .map(str::to_string)
+        .filter_map(|label| {
+            let now = with_label(current, label);
+            let before = with_label(earlier, label);
+            let values = |components: &[KeyComponent]| -> Vec<String> {
+                components.iter().map(|c| c.value.clone()).collect()
+            };
+            if values(&now) == values(&before) {
+                return None;
+            }
+            let mut change = Change::new(label);
+            change.detail = shown_values(&before, &now);
+            Some(change)
+        })
         .collect()
+}
+
+/// `from → to` of a single-valued label, when each side is either absent or may be shown.
+fn shown_values(before: &[KeyComponent], now: &[KeyComponent]) -> Option<ChangeDetail> {
+    let side = |components: &[KeyComponent]| -> Option<Option<String>> {
+        match components {
+            [] => Some(None),
+            [single] => single.shown.clone().map(Some),
+            _ => None,
+        }
+    };
+    Some(ChangeDetail::Values {
+        from: side(before)?,
+        to: side(now)?,
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //!   safely between processes, plus the per-step index that miss explanations compare against.
 //! - [`remote`]: records imported with `--cache-from`, consulted after a local miss, and the
 //!   steps `--cache-to` exports.
+//! - [`listing`]: the context files a step selected, kept per selection digest, so a miss can
+//!   name the files that changed.
 //! - [`scheduler`]: runs every vertex whose inputs are ready on tokio, bounded by `jobs`,
 //!   cache lookups first, and streams progress events; execution is behind [`Executor`].
 //!
@@ -23,6 +25,7 @@
 //!   no work at all.
 
 pub mod key;
+pub mod listing;
 pub mod records;
 pub mod remote;
 pub mod result;
@@ -30,7 +33,11 @@ pub mod scheduler;
 #[cfg(test)]
 mod test_support;
 
-pub use key::{CacheKey, Change, KeyComponent, KeyExplanation, KeySources};
+pub use key::{
+    CacheKey, Change, ChangeDetail, KeyComponent, KeyExplanation, KeySources,
+    looks_like_a_credential,
+};
+pub use listing::{ContextListing, FileChanges, ListedKind, PathSample};
 pub use records::{
     Found, Lookup, MissReason, Position, Record, RecordError, RecordProblem, RecordStore,
 };

@@ -3,15 +3,17 @@
 //! step position so that a miss can be explained against it.
 //!
 //! ```text
-//! records/<key hex>              {"version", "key", "name", "explanation", "result"}
-//! records/by-name/<position hex> the last key solved at that position
+//! records/<key hex>               {"version", "key", "name", "explanation", "result"}
+//! records/by-name/<position hex>  the last key solved at that position
+//! records/contexts/<selection hex> the context listing of a selection digest (see `listing`)
 //! ```
 //!
 //! Invariants:
 //! - Every file is written to the store's `tmp/` and renamed into place: readers see a whole
 //!   file or none. Records are fsynced (file and directory) before and after the rename; the
-//!   by-name index is advisory (it only sharpens explanations) and skips the fsyncs to keep
-//!   cache hits cheap.
+//!   by-name index and the context listings are advisory (they only sharpen explanations) and
+//!   skip the fsyncs to keep cache hits cheap; a listing is named by its selection digest and
+//!   never rewritten.
 //! - A record is written only after every blob its result names is in the store
 //!   ([`RecordStore::write`] checks), so a killed build never leaves a record that points at a
 //!   missing or partial layer.
@@ -31,13 +33,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use imgb_cache::{Digest, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::solve::key::{CacheKey, Change, INSTRUCTION, KeyExplanation};
+use crate::solve::key::{CacheKey, Change, ChangeDetail, INSTRUCTION, KeyExplanation};
+use crate::solve::listing::ContextListing;
 use crate::solve::result::Solved;
 
 /// The format of record files.
 pub const RECORD_VERSION: u32 = 1;
 
 const BY_NAME: &str = "by-name";
+const CONTEXTS: &str = "contexts";
 
 /// What a step produced for a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,26 +133,42 @@ pub enum MissReason {
 
 impl fmt::Display for MissReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(&|label| label.to_string()))
+    }
+}
+
+impl MissReason {
+    /// The reason in words, with `term` naming change labels (see [`Change::describe`]).
+    pub fn describe(&self, term: &dyn Fn(&str) -> String) -> String {
+        self.describe_each(term).join("; ")
+    }
+
+    /// The reason in words, one entry per changed component (a single one for the other
+    /// reasons).
+    pub fn describe_each(&self, term: &dyn Fn(&str) -> String) -> Vec<String> {
         match self {
-            MissReason::Source => f.write_str("sources are resolved on every build"),
+            MissReason::Source => vec!["sources are resolved on every build".to_string()],
             MissReason::CacheDisabled => {
-                f.write_str("cache disabled for this step (--no-cache or --no-cache-filter)")
+                vec!["cache disabled for this step (--no-cache or --no-cache-filter)".to_string()]
             }
-            MissReason::NoRecord => f.write_str("no record"),
+            MissReason::NoRecord => vec!["no record".to_string()],
             MissReason::InvalidRecord { problem } => {
-                write!(f, "the record for this step was dropped: {problem}")
+                vec![format!("the record for this step was dropped: {problem}")]
             }
             MissReason::Changed {
                 changes,
                 previous_name,
-            } => {
-                let listed: Vec<String> = changes.iter().map(Change::to_string).collect();
-                f.write_str(&listed.join("; "))?;
-                if changes.iter().any(|change| change.component == INSTRUCTION) {
-                    write!(f, "; was `{previous_name}`")?;
-                }
-                Ok(())
-            }
+            } => changes
+                .iter()
+                .map(|change| {
+                    let text = change.describe(term);
+                    if change.component == INSTRUCTION {
+                        format!("{text}; was `{previous_name}`")
+                    } else {
+                        text
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -328,6 +348,58 @@ impl RecordStore {
             changes,
             previous_name: previous.name,
         })
+    }
+
+    fn listing_path(&self, selection: &Digest) -> PathBuf {
+        self.store
+            .records_dir()
+            .join(CONTEXTS)
+            .join(selection.hex())
+    }
+
+    /// Keeps `listing` as the one of `selection` (a context selection digest), unless one is
+    /// kept already.
+    pub fn write_listing(
+        &self,
+        selection: &Digest,
+        listing: &ContextListing,
+    ) -> Result<(), RecordError> {
+        let path = self.listing_path(selection);
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = self.store.records_dir().join(CONTEXTS);
+        fs::create_dir_all(&dir).map_err(RecordError::io("create directory", &dir))?;
+        let bytes = serde_json::to_vec(listing)
+            .map_err(|error| RecordError::io("encode listing", &path)(error.into()))?;
+        self.replace(&path, &bytes, Durability::Advisory)
+    }
+
+    /// The listing kept for `selection`, if any (an unreadable one only costs an explanation).
+    pub fn listing(&self, selection: &Digest) -> Result<Option<ContextListing>, RecordError> {
+        Ok(read_if_exists(&self.listing_path(selection))?
+            .and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Sharpens the `context files` changes in `changes` into the files that differ between
+    /// the earlier selection's listing and `current`, where that listing was kept.
+    pub fn explain_files(
+        &self,
+        changes: &mut [Change],
+        current: &ContextListing,
+    ) -> Result<(), RecordError> {
+        for change in changes {
+            let Some(ChangeDetail::Selection { from, .. }) = &change.detail else {
+                continue;
+            };
+            let Ok(earlier) = Digest::parse(from) else {
+                continue;
+            };
+            if let Some(earlier) = self.listing(&earlier)? {
+                change.detail = Some(ChangeDetail::Files(current.changes_from(&earlier)));
+            }
+        }
+        Ok(())
     }
 
     /// Writes `bytes` to `dest` through a staged file in `tmp/` and a rename.

@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::graph::{BuildGraph, Op, Vertex, VertexId};
 use crate::solve::key::{CacheKey, KeyExplanation, KeySources};
+use crate::solve::listing::ContextListing;
 use crate::solve::records::{Found, MissReason, Position, Record, RecordError, RecordStore};
 use crate::solve::remote::{RemoteError, RemoteRecords};
 use crate::solve::result::{Solved, SolvedInput};
@@ -49,6 +50,14 @@ pub trait Executor: Send + Sync + 'static {
     /// inputs is [`Solved::Context`]): paths, contents, modes and ownership of what its COPY
     /// sources or bind mounts name. It enters the vertex's cache key.
     fn select_context(&self, job: &Job) -> impl Future<Output = Result<Digest, ExecError>> + Send;
+
+    /// What [`select_context`](Self::select_context) digests, path by path. Asked only when
+    /// the vertex misses the cache: it is kept with the selection digest so that a later miss
+    /// can name the files that changed.
+    fn context_listing(
+        &self,
+        job: &Job,
+    ) -> impl Future<Output = Result<ContextListing, ExecError>> + Send;
 }
 
 /// Why an executor did not produce a result.
@@ -422,9 +431,16 @@ impl<E: Executor> Coordinator<'_, E> {
             })
             .collect();
         let definition = self.graph.definition_digest(id);
+        let input_names = vertex
+            .inputs
+            .iter()
+            .map(|&input| self.graph.vertex(input).name.clone())
+            .collect();
         let build = Arc::clone(&self.build);
         let task = self.tasks.spawn(async move {
-            let outcome = build.solve_vertex(id, vertex, inputs, definition).await;
+            let outcome = build
+                .solve_vertex(id, vertex, inputs, input_names, definition)
+                .await;
             (id, outcome)
         });
         self.running.insert(task.id(), id);
@@ -462,6 +478,7 @@ impl<E: Executor> Build<E> {
         id: VertexId,
         vertex: Vertex,
         inputs: Vec<SolvedInput>,
+        input_names: Vec<String>,
         definition: Digest,
     ) -> Result<SolvedVertex, VertexError> {
         let job = Job {
@@ -476,7 +493,9 @@ impl<E: Executor> Build<E> {
             Op::Scratch => return Ok(SolvedVertex::unkeyed(Solved::scratch())),
             Op::Context => return Ok(SolvedVertex::unkeyed(Solved::Context)),
             Op::Image { .. } | Op::Http(_) => self.solve_source(&job).await,
-            Op::Exec(_) | Op::File { .. } => self.solve_keyed(&job, &definition).await,
+            Op::Exec(_) | Op::File { .. } => {
+                self.solve_keyed(&job, &input_names, &definition).await
+            }
         };
         if let Err(error) = &outcome {
             self.emit(if error.is_cancellation() {
@@ -510,6 +529,7 @@ impl<E: Executor> Build<E> {
     async fn solve_keyed(
         &self,
         job: &Job,
+        input_names: &[String],
         definition: &Digest,
     ) -> Result<SolvedVertex, VertexError> {
         let reads_context = job
@@ -527,6 +547,7 @@ impl<E: Executor> Build<E> {
             inputs: &job.inputs,
             context_files: context_files.as_ref(),
             settings: &self.settings,
+            input_names,
         });
         let key = explanation.key();
         let position = Position::new(&self.scope, &job.vertex.name);
@@ -559,11 +580,40 @@ impl<E: Executor> Build<E> {
                 }
             }
         }
+        // Explanations are advisory: a listing that cannot be made only leaves them vaguer.
+        let listing = match &context_files {
+            Some(_) => self.executor.context_listing(job).await.ok().map(Arc::new),
+            None => None,
+        };
+        let reason = match (reason, &listing) {
+            (
+                MissReason::Changed {
+                    mut changes,
+                    previous_name,
+                },
+                Some(listing),
+            ) => {
+                let (records, listing) = (self.records.clone(), Arc::clone(listing));
+                blocking(move || {
+                    records.explain_files(&mut changes, &listing)?;
+                    Ok(MissReason::Changed {
+                        changes,
+                        previous_name,
+                    })
+                })
+                .await?
+            }
+            (reason, _) => reason,
+        };
         let (result, started) = self.run(job, Some(key.clone()), reason).await?;
         let records = self.records.clone();
         let record = Record::new(job.vertex.name.clone(), explanation, (*result).clone());
+        let selection = context_files.zip(listing);
         blocking(move || {
             records.write(&record)?;
+            if let Some((digest, listing)) = &selection {
+                records.write_listing(digest, listing)?;
+            }
             records.set_last_key_at(&position, &record.key)
         })
         .await?;

@@ -224,3 +224,16 @@ fn build_arg_used_only_by_a_pruned_stage_is_unused() {
     .unwrap();
     assert_eq!(plan.warnings.len(), 1);
 }
+
+#[test]
+fn arg_names_cover_global_and_stage_args() {
+    let dockerfile = Dockerfile::parse(
+        "Dockerfile",
+        "ARG BASE=scratch\nFROM $BASE\nARG VERSION=1 DEBUG\nRUN true\n",
+    )
+    .unwrap();
+    assert_eq!(
+        dockerfile.arg_names().into_iter().collect::<Vec<_>>(),
+        ["BASE", "DEBUG", "VERSION"]
+    );
+}

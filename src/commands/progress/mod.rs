@@ -14,8 +14,10 @@ mod plain;
 mod raw_json;
 mod tty;
 
-use imgb_builder::solve::ProgressEvent;
+use imgb_builder::solve::{MissReason, ProgressEvent};
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -70,13 +72,45 @@ trait Renderer {
     fn end(&mut self, _now: Instant) {}
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Puts cache-miss explanations into words for one Dockerfile: a changed env variable that a
+/// build argument declares is named as the build argument.
+#[derive(Debug, Clone, Default)]
+pub struct Explainer {
+    build_args: Arc<BTreeSet<String>>,
+}
+
+impl Explainer {
+    pub fn new(build_args: BTreeSet<String>) -> Self {
+        Explainer {
+            build_args: Arc::new(build_args),
+        }
+    }
+
+    fn explain(&self, reason: &MissReason) -> String {
+        reason.describe(&|label| self.term(label))
+    }
+
+    /// One entry per changed input, for a display that gives each its own line.
+    fn explain_each(&self, reason: &MissReason) -> Vec<String> {
+        reason.describe_each(&|label| self.term(label))
+    }
+
+    fn term(&self, label: &str) -> String {
+        match label.strip_prefix("env ") {
+            Some(name) if self.build_args.contains(name) => format!("build arg {name}"),
+            _ => label.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Progress {
     mode: ProgressMode,
+    explainer: Explainer,
 }
 
 impl Progress {
-    pub fn new(mode: ProgressMode) -> Self {
+    pub fn new(mode: ProgressMode, explainer: Explainer) -> Self {
         let terminal = std::io::stderr().is_terminal();
         let mode = match mode {
             ProgressMode::Auto | ProgressMode::Tty if terminal => ProgressMode::Tty,
@@ -84,17 +118,24 @@ impl Progress {
             ProgressMode::Auto | ProgressMode::Tty => ProgressMode::Plain,
             other => other,
         };
-        Progress { mode }
+        Progress { mode, explainer }
     }
 
     /// Renders events until the solver drops its sender; returns the summary.
     pub async fn render(self, events: UnboundedReceiver<ProgressEvent>) -> Summary {
+        let explainer = self.explainer;
         match self.mode {
-            ProgressMode::Tty => drive(events, &mut tty::Tty::stderr(), Some(tty::TICK)).await,
-            ProgressMode::Rawjson => drive(events, &mut raw_json::RawJson::stderr(), None).await,
+            ProgressMode::Tty => {
+                let mut tty = tty::Tty::stderr(explainer);
+                drive(events, &mut tty, Some(tty::TICK)).await
+            }
+            ProgressMode::Rawjson => {
+                drive(events, &mut raw_json::RawJson::stderr(explainer), None).await
+            }
             ProgressMode::Quiet => drive(events, &mut Quiet, None).await,
             ProgressMode::Auto | ProgressMode::Plain => {
-                drive(events, &mut plain::Plain::stderr(), None).await
+                let mut plain = plain::Plain::new(std::io::stderr(), explainer);
+                drive(events, &mut plain, None).await
             }
         }
     }

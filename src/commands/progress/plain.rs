@@ -10,7 +10,7 @@
 //!
 //! Step groups are separated by a blank line. Output is written as it comes, unabridged.
 
-use super::{Built, Renderer, Summary, seconds, summary_lines};
+use super::{Built, Explainer, Renderer, Summary, seconds, summary_lines};
 use imgb_builder::graph::VertexId;
 use imgb_builder::solve::ProgressEvent;
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ use std::time::Instant;
 
 pub(super) struct Plain<W> {
     out: W,
+    explainer: Explainer,
     steps: HashMap<VertexId, Step>,
 }
 
@@ -27,16 +28,11 @@ struct Step {
     started: Instant,
 }
 
-impl Plain<std::io::Stderr> {
-    pub(super) fn stderr() -> Self {
-        Plain::new(std::io::stderr())
-    }
-}
-
 impl<W: Write> Plain<W> {
-    pub(super) fn new(out: W) -> Self {
+    pub(super) fn new(out: W, explainer: Explainer) -> Self {
         Plain {
             out,
+            explainer,
             steps: HashMap::new(),
         }
     }
@@ -72,7 +68,8 @@ impl<W: Write> Plain<W> {
             } => {
                 let number = self.number(*vertex, now, &mut lines);
                 lines.push(format!("#{number} {name}"));
-                lines.push(format!("#{number} cache miss: {cache_miss_reason}"));
+                let reason = self.explainer.explain(cache_miss_reason);
+                lines.push(format!("#{number} cache miss: {reason}"));
             }
             ProgressEvent::Cached { vertex, name, .. } => {
                 let number = self.number(*vertex, now, &mut lines);
@@ -129,11 +126,13 @@ pub(super) fn summary(summary: &Summary, built: &Built<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::progress::test_events::{at, build_events, failing_events};
+    use crate::commands::progress::test_events::{
+        at, build_events, failing_events, test_explainer,
+    };
 
     fn render(events: &[(u64, ProgressEvent)]) -> String {
         let start = Instant::now();
-        let mut plain = Plain::new(Vec::new());
+        let mut plain = Plain::new(Vec::new(), test_explainer());
         for (millis, event) in events {
             plain.event(event, at(start, *millis));
         }

@@ -1,7 +1,7 @@
 //! `--progress rawjson`: one JSON object per line on stderr, for tools. Every object has an
 //! `event` field; times are seconds since the build started, durations seconds.
 
-use super::{Built, Renderer, Summary};
+use super::{Built, Explainer, Renderer, Summary};
 use imgb_builder::solve::{OutputStream, ProgressEvent};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -9,13 +9,15 @@ use std::time::Instant;
 
 pub(super) struct RawJson<W> {
     out: W,
+    explainer: Explainer,
     started: Instant,
 }
 
 impl RawJson<std::io::Stderr> {
-    pub(super) fn stderr() -> Self {
+    pub(super) fn stderr(explainer: Explainer) -> Self {
         RawJson {
             out: std::io::stderr(),
+            explainer,
             started: Instant::now(),
         }
     }
@@ -25,11 +27,13 @@ impl<W: Write> Renderer for RawJson<W> {
     fn event(&mut self, event: &ProgressEvent, now: Instant) {
         let time = (now - self.started).as_secs_f64();
         // Progress is for tools watching; a closed stderr must not fail the build.
-        let _ = writeln!(self.out, "{}", event_json(event, time));
+        let _ = writeln!(self.out, "{}", event_json(event, time, &self.explainer));
     }
 }
 
-fn event_json(event: &ProgressEvent, time: f64) -> Value {
+/// `started` carries the miss explanation twice: in words (`cache_miss_reason`) and as data
+/// (`cache_miss`: the reason, its changes, their parts and details).
+fn event_json(event: &ProgressEvent, time: f64, explainer: &Explainer) -> Value {
     match event {
         ProgressEvent::Started {
             vertex,
@@ -39,7 +43,8 @@ fn event_json(event: &ProgressEvent, time: f64) -> Value {
         } => json!({
             "event": "started", "vertex": vertex.index(), "name": name, "time": time,
             "key": key.as_ref().map(ToString::to_string),
-            "cache_miss_reason": cache_miss_reason.to_string(),
+            "cache_miss_reason": explainer.explain(cache_miss_reason),
+            "cache_miss": cache_miss_reason,
         }),
         ProgressEvent::Cached { vertex, name, key } => json!({
             "event": "cached", "vertex": vertex.index(), "name": name, "key": key.to_string(),

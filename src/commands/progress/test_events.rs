@@ -1,13 +1,65 @@
 //! Fake event streams for the renderers' snapshot tests: each event with the millisecond, from
 //! the start of the build, at which it arrives.
 
+use super::Explainer;
 use imgb_builder::graph::VertexId;
-use imgb_builder::solve::{CacheKey, MissReason, OutputStream, ProgressEvent};
+use imgb_builder::solve::{
+    CacheKey, Change, ChangeDetail, FileChanges, MissReason, OutputStream, PathSample,
+    ProgressEvent,
+};
 use imgb_cache::Digest;
 use std::time::{Duration, Instant};
 
 pub(super) fn at(start: Instant, millis: u64) -> Instant {
     start + Duration::from_millis(millis)
+}
+
+/// Knows `DOCS_VERSION` as a build argument.
+pub(super) fn test_explainer() -> Explainer {
+    Explainer::new(["DOCS_VERSION".to_string()].into())
+}
+
+/// A build arg and two context files changed; the edit also added five files.
+fn docs_changed() -> MissReason {
+    let change = |component: &str, detail: ChangeDetail| Change {
+        component: component.to_string(),
+        parts: Vec::new(),
+        detail: Some(detail),
+    };
+    MissReason::Changed {
+        changes: vec![
+            Change {
+                component: "instruction".to_string(),
+                parts: vec![change(
+                    "env DOCS_VERSION",
+                    ChangeDetail::Values {
+                        from: Some("1.4".to_string()),
+                        to: Some("1.5".to_string()),
+                    },
+                )],
+                detail: None,
+            },
+            change(
+                "context files",
+                ChangeDetail::Files(FileChanges {
+                    modified: PathSample {
+                        count: 2,
+                        first: vec!["docs/index.md".to_string(), "docs/usage.md".to_string()],
+                    },
+                    added: PathSample {
+                        count: 5,
+                        first: vec![
+                            "docs/a.md".to_string(),
+                            "docs/b.md".to_string(),
+                            "docs/c.md".to_string(),
+                        ],
+                    },
+                    removed: PathSample::default(),
+                }),
+            ),
+        ],
+        previous_name: "[docs 2/2] RUN generate-docs --output /docs".to_string(),
+    }
 }
 
 fn key(seed: &str) -> CacheKey {
@@ -68,7 +120,7 @@ pub(super) fn build_events() -> Vec<(u64, ProgressEvent)> {
             started(
                 3,
                 "[docs 2/2] RUN generate-docs --output /docs --format html --all-pages",
-                MissReason::CacheDisabled,
+                docs_changed(),
             ),
         ),
         (120, output(2, "cc -c main.c")),

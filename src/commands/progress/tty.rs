@@ -18,7 +18,7 @@
 //! steps start or end, never per output line. Every line is cut to the terminal's width, and a
 //! short terminal shows fewer output lines, then fewer steps.
 
-use super::{Built, Renderer, Summary, seconds, summary_lines};
+use super::{Built, Explainer, Renderer, Summary, seconds, summary_lines};
 use console::{Term, measure_text_width, strip_ansi_codes, truncate_str};
 use imgb_builder::graph::VertexId;
 use imgb_builder::solve::{MissReason, ProgressEvent};
@@ -76,18 +76,14 @@ struct RunningStep {
     vertex: VertexId,
     name: String,
     started: Instant,
-    /// Why it missed the cache, when that is news (an input changed).
-    explanation: Option<String>,
+    /// Why it missed the cache, when that is news (an input changed): a row each.
+    explanation: Vec<Row>,
     tail: VecDeque<String>,
 }
 
 impl RunningStep {
     fn detail_rows(&self) -> impl Iterator<Item = Row> + '_ {
-        let explanation = self
-            .explanation
-            .iter()
-            .map(|text| Row::plain(format!(" => => {text}")));
-        explanation.chain(self.tail_rows())
+        self.explanation.iter().cloned().chain(self.tail_rows())
     }
 
     fn tail_rows(&self) -> impl Iterator<Item = Row> + '_ {
@@ -99,6 +95,7 @@ impl RunningStep {
 
 /// The state of the display; pure apart from the times it is given.
 pub(super) struct Display {
+    explainer: Explainer,
     started: Instant,
     running: Vec<RunningStep>,
     /// Steps cached or done.
@@ -112,8 +109,9 @@ pub(super) struct Display {
 }
 
 impl Display {
-    pub(super) fn new(started: Instant) -> Self {
+    pub(super) fn new(started: Instant, explainer: Explainer) -> Self {
         Display {
+            explainer,
             started,
             running: Vec::new(),
             finished: 0,
@@ -136,7 +134,7 @@ impl Display {
                     vertex: *vertex,
                     name: name.clone(),
                     started: now,
-                    explanation: news(cache_miss_reason),
+                    explanation: self.news(cache_miss_reason),
                     tail: VecDeque::with_capacity(TAIL_LINES),
                 });
             }
@@ -160,10 +158,7 @@ impl Display {
                     self.finished += 1;
                     self.to_print
                         .push(Row::timed(format!(" => {}", step.name), *duration));
-                    self.to_print.extend(
-                        step.explanation
-                            .map(|text| Row::plain(format!(" => => {text}"))),
-                    );
+                    self.to_print.extend(step.explanation);
                 }
             }
             ProgressEvent::Failed {
@@ -186,6 +181,28 @@ impl Display {
             }
         }
         self.changed = true;
+    }
+
+    /// The explanation worth showing on a terminal: only a miss where an input changed (or a
+    /// record went bad) is news; a first build or `--no-cache` is expected.
+    fn news(&self, reason: &MissReason) -> Vec<Row> {
+        if !matches!(
+            reason,
+            MissReason::Changed { .. } | MissReason::InvalidRecord { .. }
+        ) {
+            return Vec::new();
+        }
+        let lead = "cache miss: ";
+        let indent = " ".repeat(lead.len());
+        self.explainer
+            .explain_each(reason)
+            .into_iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let lead = if index == 0 { lead } else { &indent };
+                Row::plain(format!(" => => {lead}{text}"))
+            })
+            .collect()
     }
 
     fn take(&mut self, vertex: VertexId) -> Option<RunningStep> {
@@ -237,16 +254,6 @@ impl Display {
     }
 }
 
-/// The explanation worth showing on a terminal: only a miss where an input changed (or a record
-/// went bad) is news; a first build or `--no-cache` is expected.
-fn news(reason: &MissReason) -> Option<String> {
-    matches!(
-        reason,
-        MissReason::Changed { .. } | MissReason::InvalidRecord { .. }
-    )
-    .then(|| format!("cache miss: {reason}"))
-}
-
 /// An output line without escape sequences or control characters, which would move the
 /// cursor under the display's feet.
 fn printable(line: &str) -> String {
@@ -265,7 +272,7 @@ pub(super) struct Tty {
 }
 
 impl Tty {
-    pub(super) fn stderr() -> Self {
+    pub(super) fn stderr(explainer: Explainer) -> Self {
         let term = Term::stderr();
         // indicatif limits redraws to 20 a second on top of our tick.
         let live = ProgressBar::with_draw_target(None, ProgressDrawTarget::term(term.clone(), 20));
@@ -274,7 +281,7 @@ impl Tty {
             ProgressStyle::default_spinner()
         }));
         Tty {
-            display: Display::new(Instant::now()),
+            display: Display::new(Instant::now(), explainer),
             term,
             live,
         }
@@ -342,13 +349,15 @@ pub(super) fn summary(summary: &Summary, built: &Built<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::progress::test_events::{at, build_events, failing_events};
+    use crate::commands::progress::test_events::{
+        at, build_events, failing_events, test_explainer,
+    };
 
     /// What the terminal shows after the events up to `until` ms: the printed lines, then the
     /// live frame at that time.
     fn screen(events: &[(u64, ProgressEvent)], until: u64, height: usize, width: usize) -> String {
         let start = Instant::now();
-        let mut display = Display::new(start);
+        let mut display = Display::new(start, test_explainer());
         let mut printed = Vec::new();
         for (millis, event) in events.iter().filter(|(millis, _)| *millis <= until) {
             display.apply(event, at(start, *millis));
@@ -391,7 +400,7 @@ mod tests {
         for width in [1, 5, 20, 33, 80] {
             for height in [1, 2, 4, 10] {
                 let start = Instant::now();
-                let mut display = Display::new(start);
+                let mut display = Display::new(start, test_explainer());
                 for (millis, event) in &events {
                     display.apply(event, at(start, *millis));
                     let frame = display.frame(at(start, *millis), height, width);

@@ -36,12 +36,17 @@ fn explain_with(
 ) -> KeyExplanation {
     let mut graph = BuildGraph::new();
     let id = graph.add(op.clone(), Vec::new(), "step");
+    let input_names: Vec<String> = inputs
+        .iter()
+        .map(|input| format!("[s {}/2] RUN step", input.vertex.index()))
+        .collect();
     KeyExplanation::derive(KeySources {
         definition: &graph.definition_digest(id),
         op,
         inputs,
         context_files,
         settings,
+        input_names: &input_names,
     })
 }
 
@@ -98,6 +103,7 @@ fn key_is_unchanged_when_only_the_vertex_name_changes() {
             inputs: &[input(vec![])],
             context_files: None,
             settings: &BTreeMap::new(),
+            input_names: &[],
         })
         .key()
     };
@@ -156,8 +162,12 @@ fn settings_enter_every_key() {
     assert_ne!(set, other);
 }
 
+fn described(changes: &[Change]) -> Vec<String> {
+    changes.iter().map(Change::to_string).collect()
+}
+
 #[test]
-fn changes_name_the_instruction_parts_that_differ() {
+fn changes_name_the_instruction_parts_that_differ_with_values_that_may_be_shown() {
     let inputs = [input(vec![layer("base")])];
     let before = explain(&exec("make", &["PATH=/bin", "VERSION=1"]), &inputs, None);
     let env_changed = explain(&exec("make", &["PATH=/bin", "VERSION=2"]), &inputs, None);
@@ -165,7 +175,15 @@ fn changes_name_the_instruction_parts_that_differ() {
         env_changed.changes_from(&before),
         vec![Change {
             component: "instruction".into(),
-            parts: vec!["env VERSION".into()],
+            parts: vec![Change {
+                component: "env VERSION".into(),
+                parts: Vec::new(),
+                detail: Some(ChangeDetail::Values {
+                    from: Some("1".into()),
+                    to: Some("2".into()),
+                }),
+            }],
+            detail: None,
         }]
     );
     let command_changed = explain(
@@ -173,19 +191,36 @@ fn changes_name_the_instruction_parts_that_differ() {
         &inputs,
         None,
     );
-    let changes = command_changed.changes_from(&before);
-    assert_eq!(changes[0].parts, vec!["command"]);
-    assert_eq!(changes[0].to_string(), "instruction changed (command)");
+    assert_eq!(
+        described(&command_changed.changes_from(&before)),
+        ["instruction changed (command)"]
+    );
     let arg_added = explain(
         &exec("make", &["PATH=/bin", "VERSION=1", "DEBUG=1"]),
         &inputs,
         None,
     );
-    assert_eq!(arg_added.changes_from(&before)[0].parts, vec!["env DEBUG"]);
+    assert_eq!(
+        described(&arg_added.changes_from(&before)),
+        ["instruction changed (env DEBUG: unset → 1)"]
+    );
 }
 
 #[test]
-fn changes_name_changed_inputs_and_context_files() {
+fn values_of_credential_like_names_are_never_shown() {
+    let before = explain(&exec("make", &["API_TOKEN=old-secret"]), &[], None);
+    let after = explain(&exec("make", &["API_TOKEN=new-secret"]), &[], None);
+    let changes = after.changes_from(&before);
+    assert_eq!(described(&changes), ["instruction changed (env API_TOKEN)"]);
+    let json = serde_json::to_string(&(&before, &after, &changes)).unwrap();
+    assert!(!json.contains("secret"), "{json}");
+    assert!(looks_like_a_credential("DB_PASSWORD"));
+    assert!(!looks_like_a_credential("PUBLIC_KEY"));
+    assert!(!looks_like_a_credential("VERSION"));
+}
+
+#[test]
+fn changes_name_the_upstream_step_base_image_digest_and_settings() {
     let op = copy(&["src"], "/app/");
     let before = explain(
         &op,
@@ -197,16 +232,39 @@ fn changes_name_changed_inputs_and_context_files() {
         &[input(vec![layer("new base")]), context_input()],
         Some(&Digest::of(b"v2")),
     );
-    let described: Vec<String> = after
-        .changes_from(&before)
-        .iter()
-        .map(Change::to_string)
-        .collect();
     assert_eq!(
-        described,
-        ["input 0 layers changed", "context files changed"]
+        described(&after.changes_from(&before)),
+        [
+            "input 0 layers changed: `[s 0/2] RUN step` produced different files",
+            "context files changed"
+        ]
     );
     assert!(after.changes_from(&after).is_empty());
+
+    let image = |manifest: &str| SolvedInput {
+        vertex: VertexId::new(0),
+        result: Arc::new(Solved::Filesystem(Filesystem {
+            layers: vec![layer("base")],
+            image: Some(ImageOrigin {
+                manifest: Digest::of(manifest.as_bytes()),
+                config: Digest::of(b"config"),
+            }),
+        })),
+    };
+    let epoch = |value: &str| BTreeMap::from([("SOURCE_DATE_EPOCH".to_string(), value.into())]);
+    let before = explain_with(&op, &[image("v1")], None, &epoch("0"));
+    let after = explain_with(&op, &[image("v2")], None, &epoch("1"));
+    assert_eq!(
+        described(&after.changes_from(&before)),
+        [
+            format!(
+                "input 0 image changed: {} → {}",
+                Digest::of(b"v1"),
+                Digest::of(b"v2")
+            ),
+            "setting SOURCE_DATE_EPOCH changed: 0 → 1".to_string()
+        ]
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::*;
 use crate::graph::{BuildGraph, Op};
 use crate::solve::key::KeySources;
+use crate::solve::listing::ListedKind;
 use crate::solve::result::{Filesystem, LayerRef, SolvedInput};
 use crate::solve::test_support::{exec, stored_layer};
 
@@ -28,6 +29,7 @@ fn explanation(op: &Op, inputs: &[SolvedInput]) -> KeyExplanation {
         inputs,
         context_files: None,
         settings: &BTreeMap::new(),
+        input_names: &[],
     })
 }
 
@@ -334,4 +336,49 @@ fn concurrent_writers_in_two_processes_never_expose_partial_records() {
         let key = explanation(&exec(&format!("step {step}"), &[]), &[]).key();
         assert!(matches!(records.lookup(&key).unwrap(), Lookup::Hit(_)));
     }
+}
+
+#[test]
+fn context_listings_are_kept_once_per_selection_and_name_changed_files() {
+    let (_dir, records) = temp_records();
+    let listing = |content: &str| {
+        let mut listing = ContextListing::default();
+        listing.insert("app/main.c", ListedKind::File, 0o644, content);
+        listing
+    };
+    let (v1, v2) = (Digest::of(b"selection v1"), Digest::of(b"selection v2"));
+    assert_eq!(records.listing(&v1).unwrap(), None);
+    records.write_listing(&v1, &listing("aaaa")).unwrap();
+    // Named by the selection: a second write of the same name keeps the first.
+    records.write_listing(&v1, &listing("ignored")).unwrap();
+    assert_eq!(records.listing(&v1).unwrap(), Some(listing("aaaa")));
+
+    let mut changes = vec![Change {
+        component: "context files".into(),
+        parts: Vec::new(),
+        detail: Some(ChangeDetail::Selection {
+            from: v1.to_string(),
+            to: v2.to_string(),
+        }),
+    }];
+    records
+        .explain_files(&mut changes, &listing("bbbb"))
+        .unwrap();
+    assert_eq!(
+        changes[0].to_string(),
+        "context files changed: modified app/main.c"
+    );
+
+    // Without the earlier listing the change stays as it was.
+    let mut unknown = vec![Change {
+        detail: Some(ChangeDetail::Selection {
+            from: v2.to_string(),
+            to: v1.to_string(),
+        }),
+        ..changes[0].clone()
+    }];
+    records
+        .explain_files(&mut unknown, &listing("aaaa"))
+        .unwrap();
+    assert_eq!(unknown[0].to_string(), "context files changed");
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::graph::FileAction;
+use crate::solve::listing::ListedKind;
 use crate::solve::remote::{ExportMode, cache_content, exported_steps};
 use crate::solve::result::{Filesystem, ImageOrigin};
 use crate::solve::test_support::{copy, exec, stored_layer};
@@ -158,6 +159,14 @@ impl Executor for TestExecutor {
     async fn select_context(&self, _job: &Job) -> Result<Digest, ExecError> {
         tokio::time::sleep(self.selection_delay).await;
         Ok(self.context.clone())
+    }
+
+    /// The context holds one file, `src/main.c`, whose content the context digest stands for.
+    async fn context_listing(&self, _job: &Job) -> Result<ContextListing, ExecError> {
+        let mut listing = ContextListing::default();
+        listing.insert("src", ListedKind::Dir, 0o755, "");
+        listing.insert("src/main.c", ListedKind::File, 0o644, self.context.hex());
+        Ok(listing)
     }
 }
 
@@ -636,10 +645,13 @@ async fn change_in_one_branch_reruns_only_its_dependents() {
         reasons["[b 1/2] RUN b1"],
         "instruction changed (command); was `[b 1/2] RUN b1`"
     );
-    assert_eq!(reasons["[b 2/2] RUN b2"], "input 0 layers changed");
+    assert_eq!(
+        reasons["[b 2/2] RUN b2"],
+        "input 0 layers changed: `[b 1/2] RUN b1` produced different files"
+    );
     assert_eq!(
         reasons["[a 3/3] COPY --from=b / /b/"],
-        "input 1 layers changed"
+        "input 1 layers changed: `[b 2/2] RUN b2` produced different files"
     );
 }
 
@@ -660,7 +672,7 @@ async fn rerun_with_identical_output_leaves_dependents_cached() {
     assert_eq!(executor.executed(), names(&["[a 1/2] RUN a1"]));
     assert_eq!(
         built.miss_reasons()["[a 1/2] RUN a1"],
-        "instruction changed (env VERSION); was `[a 1/2] RUN a1`"
+        "instruction changed (env VERSION: unset → 2); was `[a 1/2] RUN a1`"
     );
     assert!(built.cached().contains("[a 2/2] RUN a2"));
 }
@@ -678,8 +690,14 @@ async fn context_change_reruns_only_the_steps_that_read_it() {
         names(&["[c 1/2] COPY src /src/", "[c 2/2] RUN test"])
     );
     let reasons = built.miss_reasons();
-    assert_eq!(reasons["[c 1/2] COPY src /src/"], "context files changed");
-    assert_eq!(reasons["[c 2/2] RUN test"], "input 0 layers changed");
+    assert_eq!(
+        reasons["[c 1/2] COPY src /src/"],
+        "context files changed: modified src/main.c"
+    );
+    assert_eq!(
+        reasons["[c 2/2] RUN test"],
+        "input 0 layers changed: `[c 1/2] COPY src /src/` produced different files"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,7 +766,11 @@ async fn base_image_is_resolved_every_build_and_a_new_digest_reruns_its_steps() 
     assert!(retagged.executed().contains("[a 1/1] RUN make"));
     assert_eq!(
         built.miss_reasons()["[a 1/1] RUN make"],
-        "input 0 image changed"
+        format!(
+            "input 0 image changed: {} → {}",
+            Digest::of(b"manifest v1"),
+            Digest::of(b"manifest v2")
+        )
     );
 }
 
