@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::compress::Compression;
 use crate::digest::Digest;
 use crate::export::{
-    DirLayout, ExportError, LayoutWriter, blob_path as layout_blob_path, convert_layer,
+    DirLayout, ExportError, LayoutWriter, blob_path as layout_blob_path, compressed_layer,
 };
 use crate::oci::{
     Descriptor, ImageConfig, ImageIndex, ImageLayout, ImageManifest, LayerCompression, annotation,
@@ -335,7 +335,7 @@ pub fn export_cache(
             if LayerCompression::from_media_type(&layer.media_type)
                 != Some(LayerCompression::of(compression))
             {
-                *layer = convert_layer(store, layer, diff_id, compression)?;
+                *layer = compressed_layer(store, layer, diff_id, compression)?;
             }
         }
     }

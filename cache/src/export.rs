@@ -193,7 +193,7 @@ fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prep
             .forced_compression()
             .filter(|wanted| LayerCompression::of(*wanted) != stored);
         let mut exported = match wanted {
-            Some(compression) => convert_layer(store, layer, diff_id, compression)?,
+            Some(compression) => compressed_layer(store, layer, diff_id, compression)?,
             None => layer.clone(),
         };
         let compression = wanted.map_or(stored, LayerCompression::of);
@@ -266,13 +266,24 @@ fn has_flavour(media_type: &str, oci: bool) -> bool {
     })
 }
 
-/// Recompresses a stored layer into a new blob, checking its diffID on the way.
-pub(crate) fn convert_layer(
+/// The layer `layer` (with `diff_id`) compressed with `compression`, as an OCI layer
+/// descriptor: made once per (diffID, compression) from the stored blob or the snapshot,
+/// checked against the diffID, and remembered in `compressed/` so that later exports and pushes
+/// reuse the blob while it is stored.
+pub fn compressed_layer(
     store: &Store,
     layer: &Descriptor,
     diff_id: &Digest,
     compression: Compression,
 ) -> Result<Descriptor, ExportError> {
+    let memo = store.compressed_memo_path(diff_id, compression);
+    if let Some(known) = fs::read(&memo)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Descriptor>(&bytes).ok())
+        .filter(|known| store.has_blob(&known.digest))
+    {
+        return Ok(known);
+    }
     let blob_path = store.blob_path(&layer.digest);
     let reader = store.open_layer(layer, diff_id)?;
     let (_, mut tar) = decompress(reader).map_err(read_error(&blob_path))?;
@@ -300,11 +311,17 @@ pub(crate) fn convert_layer(
         .finish()
         .map_err(io_error("compress", &store.tmp_dir()))?
         .commit()?;
-    Ok(Descriptor::new(
+    let descriptor = Descriptor::new(
         LayerCompression::of(compression).media_type(true),
         blob.digest,
         blob.size,
-    ))
+    );
+    let bytes = canonical_json(&descriptor).map_err(|source| ExportError::Encode {
+        kind: "compressed layer memo",
+        source,
+    })?;
+    store.write_small_file(&memo, &bytes)?;
+    Ok(descriptor)
 }
 
 /// A layer (given its diffID) through [`Store::open_layer`], any other blob as stored.

@@ -384,4 +384,36 @@ mod tests {
         );
         assert!(!dir.path().join("changed.tar").exists());
     }
+
+    #[test]
+    fn a_compressed_variant_is_made_once_and_remade_when_its_blob_is_gone() {
+        use crate::compress::Compression;
+        use crate::export::compressed_layer;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, layer) = adopted(&dir);
+        let descriptor = layer.descriptor();
+        let gzip = Compression::GZIP_DEFAULT;
+        let first = compressed_layer(&store, &descriptor, &layer.diff_id, gzip).unwrap();
+        assert_eq!(first.media_type, crate::oci::media_type::OCI_LAYER_GZIP);
+        assert!(store.compressed_memo_path(&layer.diff_id, gzip).is_file());
+        let memo_time = fs::metadata(store.blob_path(&first.digest))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let again = compressed_layer(&store, &descriptor, &layer.diff_id, gzip).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(
+            fs::metadata(store.blob_path(&first.digest))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            memo_time,
+            "the remembered blob is reused, not rewritten"
+        );
+
+        fs::remove_file(store.blob_path(&first.digest)).unwrap();
+        let remade = compressed_layer(&store, &descriptor, &layer.diff_id, gzip).unwrap();
+        assert_eq!(remade, first);
+        assert!(store.has_blob(&first.digest));
+    }
 }

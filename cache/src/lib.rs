@@ -69,7 +69,7 @@ pub use apply::{
 pub use compress::Compression;
 pub use confined::ResolveError;
 pub use digest::{Digest, DigestError};
-pub use export::{ExportError, ExportReport, export};
+pub use export::{ExportError, ExportReport, compressed_layer, export};
 pub use image::{ImageError, ImageSummary, StoredImage};
 pub use import::{ImportError, LoadedImage, load_archive};
 pub use layer::{

@@ -38,7 +38,7 @@ use crate::digest::Digest;
 use crate::layer::{IdMap, LayerError, OverlayTarSettings, hash_overlay_tar, write_overlay_tar};
 use crate::lock::FileLock;
 use crate::oci::{Descriptor, media_type};
-use crate::store::{Store, StoreError, TmpDir, TmpFile, remove_tree};
+use crate::store::{Store, StoreError, TmpDir, remove_tree};
 
 /// A layer held as its snapshot: what a build step yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,9 +240,7 @@ impl Store {
         } else {
             let bytes = serde_json::to_vec(&settings)
                 .map_err(|source| io_error("encode", &settings_path)(io::Error::other(source)))?;
-            let mut file = TmpFile::create(&self.tmp_dir(), "snapshot-settings")?;
-            io::Write::write_all(&mut file, &bytes).map_err(io_error("write", &settings_path))?;
-            file.persist(&settings_path)?;
+            self.write_small_file(&settings_path, &bytes)?;
         }
         sync_filesystem(dir)?;
         fs::rename(dir, &path).map_err(|source| {

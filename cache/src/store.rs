@@ -9,6 +9,7 @@
 //! images/              image name table (names.json + names.lock)
 //! contexts/            build-context stat caches
 //! mounts/              RUN --mount=type=cache volumes
+//! compressed/          <diffID hex>.<compression> -> descriptor of that layer's compressed blob
 //! tmp/                 staging area; same filesystem, so renames out of it are atomic
 //! ```
 //!
@@ -27,6 +28,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::compress::Compression;
 use crate::digest::{Digest, Hasher, HashingWriter};
 
 /// Subdirectories created by [`Store::open`].
@@ -37,6 +39,7 @@ const LAYOUT: &[&str] = &[
     "images",
     "contexts",
     "mounts",
+    "compressed",
     "tmp",
 ];
 
@@ -146,6 +149,26 @@ impl Store {
 
     pub(crate) fn images_dir(&self) -> PathBuf {
         self.root.join("images")
+    }
+
+    /// Where the descriptor of `diff_id`'s layer compressed with `compression` is remembered.
+    pub fn compressed_memo_path(&self, diff_id: &Digest, compression: Compression) -> PathBuf {
+        let variant = match compression {
+            Compression::None => "none".to_owned(),
+            Compression::Gzip { level } => format!("gzip-{level}"),
+            Compression::Zstd { level } => format!("zstd-{level}"),
+        };
+        self.root
+            .join("compressed")
+            .join(format!("{}.{variant}", diff_id.hex()))
+    }
+
+    /// Writes a small file durably and atomically (staged in `tmp/`, renamed to `path`).
+    pub(crate) fn write_small_file(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut file = TmpFile::create(&self.tmp_dir(), "small")?;
+        file.write_all(bytes)
+            .map_err(StoreError::io("write", self.tmp_dir()))?;
+        file.persist(path)
     }
 
     /// Where the blob named `digest` lives (whether or not it exists).
