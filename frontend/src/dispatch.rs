@@ -11,7 +11,9 @@
 //! Invariants: no I/O; build args never enter the image config; every error names its line.
 
 use crate::diagnostic::Diagnostic;
+use crate::history;
 use crate::instructions::{CommandForm, Healthcheck, Instruction, Origin, parse_instruction};
+use crate::lower::run_argv;
 use crate::plan::{BuildOptions, BuildPlan, Dockerfile, PROXY_ARGS};
 use crate::shell::{Lexer, ShellError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,6 +111,8 @@ impl BuildPlan {
         let mut cmd_set_here = false;
         let mut declared: BTreeSet<String> =
             state.args.iter().map(|(key, _)| key.clone()).collect();
+        // The stage's ARG names in declaration order (a base stage's first), for RUN history.
+        let mut stage_args: Vec<String> = state.args.iter().map(|(key, _)| key.clone()).collect();
         let mut out = DispatchedStage {
             steps: Vec::new(),
             end: StageStart::default(),
@@ -128,10 +132,9 @@ impl BuildPlan {
                 let mut committed = Vec::new();
                 for definition in &arg.args {
                     declared.insert(definition.name.clone());
-                    committed.push(match &definition.default {
-                        Some(default) => format!("{}={default}", definition.name),
-                        None => definition.name.clone(),
-                    });
+                    if !stage_args.contains(&definition.name) {
+                        stage_args.push(definition.name.clone());
+                    }
                     let value = match (
                         options.build_args.get(&definition.name),
                         &definition.default,
@@ -151,6 +154,11 @@ impl BuildPlan {
                         }
                         (None, None) => self.global_arg(&definition.name).map(str::to_string),
                     };
+                    // BuildKit records the value the ARG resolved to.
+                    committed.push(match &value {
+                        Some(value) => format!("{}={value}", definition.name),
+                        None => definition.name.clone(),
+                    });
                     if let Some(value) = value {
                         set_var(&mut state.env, &definition.name, &value);
                         set_var(&mut state.args, &definition.name, &value);
@@ -191,80 +199,124 @@ impl BuildPlan {
             out.warnings.append(&mut warnings);
 
             let config = &mut state.config;
-            let created_by = instruction.origin().code.clone();
+            let origin_code = instruction.origin().code.clone();
             match &instruction {
                 Instruction::Env(env_instruction) => {
                     for var in &env_instruction.vars {
                         set_var(&mut config.env, &var.key, &var.value);
                         set_var(&mut state.env, &var.key, &var.value);
                     }
-                    out.history.push((created_by, false));
+                    out.history
+                        .push((history::key_values("ENV", &env_instruction.vars), false));
                 }
                 Instruction::Label(label) => {
                     for pair in &label.labels {
                         config.labels.insert(pair.key.clone(), pair.value.clone());
                     }
-                    out.history.push((created_by, false));
+                    out.history
+                        .push((history::key_values("LABEL", &label.labels), false));
                 }
                 Instruction::Maintainer(maintainer) => {
                     config.author = Some(maintainer.maintainer.clone());
-                    out.history.push((created_by, false));
+                    out.history
+                        .push((format!("MAINTAINER {}", maintainer.maintainer), false));
                 }
                 Instruction::Expose(expose) => {
                     config.exposed_ports.extend(expose.ports.iter().cloned());
-                    out.history.push((created_by, false));
+                    out.history.push((origin_code, false));
                 }
                 Instruction::Volume(volume) => {
                     config.volumes.extend(volume.volumes.iter().cloned());
-                    out.history.push((created_by, false));
+                    out.history.push((
+                        format!("VOLUME {}", history::go_list(&volume.volumes)),
+                        false,
+                    ));
                 }
                 Instruction::User(user) => {
                     config.user = user.user.clone();
-                    out.history.push((created_by, false));
+                    out.history.push((format!("USER {}", user.user), false));
                 }
                 Instruction::StopSignal(signal) => {
                     config.stop_signal = Some(signal.signal.clone());
-                    out.history.push((created_by, false));
+                    out.history
+                        .push((format!("STOPSIGNAL {}", signal.signal), false));
                 }
                 Instruction::Shell(shell) => {
                     config.shell = shell.shell.clone();
-                    out.history.push((created_by, false));
+                    out.history
+                        .push((format!("SHELL {}", history::go_list(&shell.shell)), false));
                 }
                 Instruction::Onbuild(onbuild) => {
+                    // BuildKit records a trigger in the config only, not in the history.
                     config.on_build.push(onbuild.expression.clone());
-                    out.history.push((created_by, false));
                 }
                 Instruction::Healthcheck(healthcheck) => {
                     config.healthcheck = Some(healthcheck.health.clone());
-                    out.history.push((created_by, false));
+                    out.history.push((origin_code, false));
                 }
                 Instruction::Cmd(cmd) => {
-                    config.cmd = Some(command_argv(
-                        &cmd.command.args,
-                        cmd.command.form,
-                        &config.shell,
-                    ));
+                    let argv = command_argv(&cmd.command.args, cmd.command.form, &config.shell);
+                    out.history
+                        .push((format!("CMD {}", history::go_quoted_list(&argv)), false));
+                    config.cmd = Some(argv);
                     cmd_set_here = true;
-                    out.history.push((created_by, false));
                 }
                 Instruction::Entrypoint(entrypoint) => {
-                    config.entrypoint = Some(command_argv(
+                    let argv = command_argv(
                         &entrypoint.command.args,
                         entrypoint.command.form,
                         &config.shell,
+                    );
+                    out.history.push((
+                        format!("ENTRYPOINT {}", history::go_quoted_list(&argv)),
+                        false,
                     ));
+                    config.entrypoint = Some(argv);
                     if cmd_inherited && !cmd_set_here {
                         config.cmd = None;
                     }
-                    out.history.push((created_by, false));
                 }
                 Instruction::Workdir(workdir) => {
                     config.working_dir = resolve_workdir(&config.working_dir, &workdir.path);
-                    out.history.push((created_by, true));
+                    out.history
+                        .push((format!("WORKDIR {}", config.working_dir), true));
                     out.steps.push(step(instruction.clone(), &state, options));
                 }
-                Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => {
-                    out.history.push((created_by, true));
+                Instruction::Run(run) => {
+                    let step = step(instruction.clone(), &state, options);
+                    let (argv, _) = run_argv(
+                        &step,
+                        &run.command.args,
+                        run.command.prepends_shell(),
+                        &run.command.files,
+                    )?;
+                    let build_args: Vec<(String, String)> = stage_args
+                        .iter()
+                        .map(|name| {
+                            let value = state
+                                .env
+                                .iter()
+                                .find(|(key, _)| key == name)
+                                .map(|(_, value)| value.clone())
+                                .unwrap_or_default();
+                            (name.clone(), value)
+                        })
+                        .collect();
+                    out.history.push((history::run(&argv, &build_args), true));
+                    out.steps.push(step);
+                }
+                Instruction::Copy(copy) => {
+                    out.history.push((
+                        history::transfer("COPY", &copy.files, &copy.options, copy.parents),
+                        true,
+                    ));
+                    out.steps.push(step(instruction.clone(), &state, options));
+                }
+                Instruction::Add(add) => {
+                    out.history.push((
+                        history::transfer("ADD", &add.files, &add.options, false),
+                        true,
+                    ));
                     out.steps.push(step(instruction.clone(), &state, options));
                 }
                 Instruction::Arg(_) | Instruction::From(_) => {}

@@ -12,6 +12,7 @@
 
 pub mod diagnostic;
 pub mod dispatch;
+pub mod history;
 pub mod image;
 pub mod instructions;
 pub mod lint;

@@ -454,7 +454,7 @@ type RunCommand = (Vec<String>, Vec<(String, String)>);
 /// The argv of a RUN, as BuildKit builds it: exec form as is; shell form through the stage's
 /// SHELL; a lone heredoc runs its body (a `#!` body as a script file); other heredocs are
 /// handed back to the shell inline.
-fn run_argv(
+pub(crate) fn run_argv(
     step: &Step,
     args: &[String],
     shell_form: bool,

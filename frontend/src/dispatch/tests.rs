@@ -195,8 +195,53 @@ fn history_marks_which_instructions_made_layers() {
         stage.history,
         vec![
             ("ENV A=1".to_string(), false),
-            ("RUN true".to_string(), true),
+            ("RUN /bin/sh -c true # buildkit".to_string(), true),
             ("ARG B".to_string(), false)
+        ]
+    );
+}
+
+/// The texts BuildKit's commitToHistory writes, checked against Docker 20.10's BuildKit for
+/// the RUN, WORKDIR, ENV, LABEL, USER, VOLUME, SHELL, STOPSIGNAL, CMD and ENTRYPOINT forms.
+#[test]
+fn history_records_instructions_as_buildkit_writes_them() {
+    let options = BuildOptions {
+        build_args: [("B1".to_string(), "given".to_string())].into(),
+        ..BuildOptions::default()
+    };
+    let stage = last(
+        "FROM scratch\nARG B1\nARG A1=one\nENV E1=env E2=\"two words\"\n\
+         LABEL l1=v1 \"l2\"=\"v 2\"\nWORKDIR rel/dir\nENV A1=from-env\nRUN echo hi\n\
+         RUN [\"/bin/echo\", \"x\"]\n\
+         COPY --chown=1:2 --chmod=644 --link f ./g\nCOPY --from=base --parents a/b <<EOF /p/\nx\nEOF\n\
+         USER bob\nVOLUME /v1 /v2\nSHELL [\"/bin/sh\", \"-ec\"]\nSTOPSIGNAL SIGTERM\n\
+         ONBUILD RUN true\nCMD echo \"a b\"\nENTRYPOINT [\"/bin/echo\", \"x\"]\n",
+        &options,
+    );
+    let history: Vec<&str> = stage
+        .history
+        .iter()
+        .map(|(text, _)| text.as_str())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "ARG B1=given",
+            "ARG A1=one",
+            "ENV E1=env E2=two words",
+            "LABEL l1=v1 l2=v 2",
+            "WORKDIR /rel/dir",
+            "ENV A1=from-env",
+            "RUN |2 B1=given A1=from-env /bin/sh -c echo hi # buildkit",
+            "RUN |2 B1=given A1=from-env /bin/echo x # buildkit",
+            "COPY --chown=1:2 --chmod=644 f ./g # buildkit",
+            "COPY --parents a/b <<EOF /p/ # buildkit",
+            "USER bob",
+            "VOLUME [/v1 /v2]",
+            "SHELL [/bin/sh -ec]",
+            "STOPSIGNAL SIGTERM",
+            r#"CMD ["/bin/sh" "-ec" "echo \"a b\""]"#,
+            r#"ENTRYPOINT ["/bin/echo" "x"]"#,
         ]
     );
 }
