@@ -260,8 +260,19 @@ impl Change {
     }
 }
 
+/// Values longer than this many characters (a digest is 71) are cut with `…` in words; the
+/// data keeps them whole.
+const SHOWN_CHARS: usize = 80;
+
 fn from_to(from: &Option<String>, to: &Option<String>) -> String {
-    let shown = |value: &Option<String>| value.as_deref().unwrap_or("unset").to_string();
+    let shown = |value: &Option<String>| match value.as_deref() {
+        None => "unset".to_string(),
+        Some(text) if text.chars().count() > SHOWN_CHARS => {
+            let cut: String = text.chars().take(SHOWN_CHARS - 1).collect();
+            format!("{cut}…")
+        }
+        Some(text) => text.to_string(),
+    };
     format!("{} → {}", shown(from), shown(to))
 }
 

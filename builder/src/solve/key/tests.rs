@@ -204,6 +204,15 @@ fn changes_name_the_instruction_parts_that_differ_with_values_that_may_be_shown(
         described(&arg_added.changes_from(&before)),
         ["instruction changed (env DEBUG: unset → 1)"]
     );
+    let long = format!("VERSION={}", "é".repeat(100));
+    let long_value = explain(&exec("make", &["PATH=/bin", &long]), &inputs, None);
+    assert_eq!(
+        described(&long_value.changes_from(&before)),
+        [format!(
+            "instruction changed (env VERSION: 1 → {}…)",
+            "é".repeat(79)
+        )]
+    );
 }
 
 #[test]
