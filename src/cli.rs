@@ -3,6 +3,7 @@
 use crate::check::{self, CheckArgs};
 use crate::commands::build::{self, BuildArgs};
 use crate::commands::images::{self, DuArgs, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
+use crate::commands::registry::{self, LoginArgs, LogoutArgs, PullArgs, PushArgs};
 use crate::commands::run::{self, RunArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -46,6 +47,14 @@ enum Command {
     Du(DuArgs),
     /// Remove image names (the content goes at the next prune).
     Rm(RmArgs),
+    /// Pull an image (manifest, config and layers) from its registry into the store.
+    Pull(PullArgs),
+    /// Push a stored image to a registry: `imgb push NAME [DEST...]`.
+    Push(PushArgs),
+    /// Store credentials for a registry (checked first) in imgb's auth file.
+    Login(LoginArgs),
+    /// Remove a registry's credentials from imgb's auth file.
+    Logout(LogoutArgs),
     /// Run a command in an ephemeral container from an image (nothing is kept).
     Run(RunArgs),
     /// The container init stages, which the runner re-executes imgb with.
@@ -78,6 +87,10 @@ pub fn run() -> Result<ExitCode> {
         Command::Rm(args) => images::rm(cli.root, &args),
         Command::Du(args) => images::du(cli.root, &args),
         Command::Run(args) => run::run(cli.root, &args),
+        Command::Pull(args) => registry::pull(cli.root, &args),
+        Command::Push(args) => registry::push(cli.root, &args),
+        Command::Login(args) => registry::login(&args),
+        Command::Logout(args) => registry::logout(&args),
         Command::Init { args } => Ok(imgb_runner::init::main(&args)),
     }
 }

@@ -10,6 +10,9 @@
 //! - Secrets are handed to the runner as files from a private temp dir by id; their values
 //!   never reach a vertex, a key, a record or a layer. Mounts are prepared in [`mounts`].
 //! - Temp directories live in the store's `tmp/` and are removed whatever happens.
+//! - Base images come from the store, else from their registry (manifest and config only);
+//!   a pulled layer is downloaded only when a step needs its snapshot, so a fully cached build
+//!   downloads none.
 
 mod mounts;
 
@@ -22,7 +25,9 @@ use crate::solve::{
     ContextListing, ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, ListedKind,
     OutputStream, Solved, SolvedInput,
 };
-use imgb_cache::{Digest, Store};
+use imgb_cache::oci::{Descriptor, Platform};
+use imgb_cache::registry::Registry;
+use imgb_cache::{Digest, ImageError, Reference, Store};
 use imgb_runner::{CommitTo, RunSpec, RunStatus, Runner};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -50,6 +55,8 @@ pub struct StoreExecutor {
     pub secrets: Arc<BTreeMap<String, Secret>>,
     /// SSH agent sockets by id (`--ssh`), forwarded into steps that mount them.
     pub ssh_agents: Arc<BTreeMap<String, PathBuf>>,
+    /// Where base images the store lacks, and the layers of pulled images, come from.
+    pub registry: Registry,
 }
 
 fn failed(error: impl std::fmt::Display) -> ExecError {
@@ -71,6 +78,22 @@ impl StoreExecutor {
             .collect()
     }
 
+    /// Downloads the blobs of input layers that have neither a snapshot nor a blob here (the
+    /// layers of pulled base images), several at a time.
+    async fn fetch_layers(&self, inputs: &[SolvedInput]) -> Result<(), ExecError> {
+        let missing: Vec<Descriptor> = inputs
+            .iter()
+            .filter_map(|input| input.result.filesystem())
+            .flat_map(|filesystem| &filesystem.layers)
+            .filter(|layer| self.store.snapshot(&layer.diff_id).is_none())
+            .map(|layer| layer.blob.clone())
+            .collect();
+        self.registry
+            .ensure_blobs(&self.store, &missing)
+            .await
+            .map_err(|error| failed(format!("fetching base layers: {error}")))
+    }
+
     fn input_filesystem(inputs: &[SolvedInput], index: usize) -> Result<&Filesystem, ExecError> {
         inputs
             .get(index)
@@ -78,12 +101,22 @@ impl StoreExecutor {
             .ok_or_else(|| failed(format!("input {index} is not a filesystem")))
     }
 
-    fn resolve_image(&self, reference: &str) -> Result<Solved, ExecError> {
-        let (_, image) = self.store.find_image(reference).map_err(|error| {
-            failed(format!(
-                "{error} (imgb builds offline from its store: `imgb load` the image first)"
-            ))
-        })?;
+    /// The image `reference` names for `platform` (`os/arch[/variant]`): from the store, else
+    /// pulled from its registry (manifest and config; layers come when a step needs them).
+    async fn resolve_image(&self, reference: &str, platform: &str) -> Result<Solved, ExecError> {
+        let image = match self.store.find_image(reference) {
+            Ok((_, image)) => image,
+            Err(ImageError::NotFound { .. }) => {
+                let parsed = Reference::parse(reference).map_err(failed)?;
+                let platform = Platform::parse(platform)
+                    .ok_or_else(|| failed(format!("{reference}: invalid platform {platform:?}")))?;
+                self.registry
+                    .pull_image(&self.store, &parsed, &platform)
+                    .await
+                    .map_err(|error| failed(format!("pulling {reference}: {error}")))?
+            }
+            Err(error) => return Err(failed(error)),
+        };
         let layers = image
             .layers_with_diff_ids()
             .map(|(blob, diff_id)| LayerRef {
@@ -252,8 +285,12 @@ impl StoreExecutor {
 impl Executor for StoreExecutor {
     async fn execute(&self, job: &Job) -> Result<Solved, ExecError> {
         match &job.vertex.op {
-            Op::Image { reference, .. } => self.resolve_image(reference),
+            Op::Image {
+                reference,
+                platform,
+            } => self.resolve_image(reference, platform).await,
             op @ Op::File { .. } => {
+                self.fetch_layers(&job.inputs).await?;
                 let this = self.clone();
                 let op = op.clone();
                 let inputs = job.inputs.clone();
@@ -261,7 +298,10 @@ impl Executor for StoreExecutor {
                     .await
                     .map_err(failed)?
             }
-            Op::Exec(exec) => self.exec(job, exec).await,
+            Op::Exec(exec) => {
+                self.fetch_layers(&job.inputs).await?;
+                self.exec(job, exec).await
+            }
             Op::Http(http) => Err(failed(format!(
                 "ADD {}: downloads are not supported yet (imgb builds offline)",
                 http.url

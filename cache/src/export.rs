@@ -138,6 +138,9 @@ pub fn export(
             flatten(store, image, dir)?;
             None
         }
+        // The image is in the store already; pushing it needs the network, which is the
+        // caller's (see `crate::registry`).
+        OutputKind::Image => None,
         OutputKind::Tar => {
             let staging = TmpDir::create(&store.tmp_dir(), "rootfs")?;
             flatten(store, image, staging.path())?;
@@ -622,6 +625,11 @@ impl OutputFile {
         Ok(match dest {
             Destination::Stdout => {
                 Self::Stdout(BufWriter::with_capacity(COPY_BUFFER, io::stdout()))
+            }
+            Destination::Store => {
+                return Err(ExportError::Output(io::Error::other(
+                    "the image store is not a file destination",
+                )));
             }
             Destination::Path(dest) => {
                 let tmp = temporary_sibling(dest);

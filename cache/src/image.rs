@@ -165,7 +165,9 @@ impl Store {
         let reference = Reference::parse(query);
         if let Ok(reference) = &reference {
             if let Some(digest) = reference.digest() {
-                let image = self.read_existing(query, digest)?;
+                // A pull of `name@<index digest>` names the platform's manifest so.
+                let named = self.image(&reference.to_string())?;
+                let image = self.read_existing(query, named.as_ref().unwrap_or(digest))?;
                 return Ok((Some(reference.clone()), image));
             }
             if let Some(digest) = self.image(&reference.to_string())? {

@@ -19,6 +19,7 @@
 //! - [`mod@reference`]: image names normalized as Docker does.
 //! - [`image`]: images in the store (manifest + config + layers, named).
 //! - [`import`]: OCI layout and docker-archive tars → the store, verified.
+//! - [`registry`]: the OCI distribution client (pull, push, auth, login).
 //! - [`output`] and [`mod@export`]: the `-o type=...` syntax and the exporters.
 //! - [`build_cache`]: the `--cache-to`/`--cache-from` exchange format and its locations.
 //!
@@ -56,6 +57,7 @@ pub mod lock;
 pub mod oci;
 pub mod output;
 pub mod reference;
+pub mod registry;
 pub mod root;
 pub mod snapshot;
 pub mod store;

@@ -191,6 +191,24 @@ impl Platform {
         }
     }
 
+    /// Parses `os/arch[/variant]` (`linux/amd64`, `linux/arm64/v8`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('/');
+        let os = parts.next().filter(|os| !os.is_empty())?;
+        let architecture = parts.next().filter(|arch| !arch.is_empty())?;
+        let variant = parts.next().filter(|variant| !variant.is_empty());
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            architecture: architecture.to_owned(),
+            os: os.to_owned(),
+            os_version: None,
+            os_features: Vec::new(),
+            variant: variant.map(str::to_owned),
+        })
+    }
+
     /// Whether an image for `self` runs here (`arm64` images need not name their variant).
     pub fn matches(&self, other: &Platform) -> bool {
         self.os == other.os

@@ -23,6 +23,9 @@ pub enum OutputKind {
     Local,
     /// The flattened root filesystem as one tar.
     Tar,
+    /// The image in the store under its names, and pushed to their registries with
+    /// `push=true` (`type=registry` is `type=image,push=true`, as in buildx).
+    Image,
 }
 
 impl OutputKind {
@@ -32,6 +35,7 @@ impl OutputKind {
             "docker" => Self::Docker,
             "local" => Self::Local,
             "tar" => Self::Tar,
+            "image" | "registry" => Self::Image,
             _ => return None,
         })
     }
@@ -42,6 +46,7 @@ impl OutputKind {
             Self::Docker => "docker",
             Self::Local => "local",
             Self::Tar => "tar",
+            Self::Image => "image",
         }
     }
 
@@ -66,10 +71,21 @@ impl OutputKind {
             "tar",
         ];
         const FILES: &[&str] = &["type", "dest"];
+        const REGISTRY: &[&str] = &[
+            "type",
+            "name",
+            "push",
+            "registry.insecure",
+            "compression",
+            "compression-level",
+            "force-compression",
+            "oci-mediatypes",
+        ];
         match self {
             Self::Oci => OCI,
             Self::Docker => IMAGE,
             Self::Local | Self::Tar => FILES,
+            Self::Image => REGISTRY,
         }
     }
 }
@@ -80,6 +96,8 @@ pub enum Destination {
     Path(PathBuf),
     /// `dest=-`: standard output (tar outputs only).
     Stdout,
+    /// `type=image`: the image store (and the registries, with `push=true`).
+    Store,
 }
 
 impl fmt::Display for Destination {
@@ -87,6 +105,7 @@ impl fmt::Display for Destination {
         match self {
             Self::Path(path) => write!(f, "{}", path.display()),
             Self::Stdout => f.write_str("standard output"),
+            Self::Store => f.write_str("the image store"),
         }
     }
 }
@@ -106,6 +125,10 @@ pub struct OutputSpec {
     pub oci_mediatypes: Option<bool>,
     /// `tar=false` writes an OCI layout directory.
     pub tar: bool,
+    /// `push=true` (image outputs): push every name to its registry.
+    pub push: bool,
+    /// `registry.insecure=true`: the names' registries may answer over plain HTTP.
+    pub insecure_registry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,12 +169,17 @@ impl OutputSpec {
             Some((_, value)) => OutputKind::parse(value).ok_or_else(|| {
                 fail(
                     Some("type"),
-                    format!("unknown type {value:?} (valid: oci, docker, local, tar)"),
+                    format!(
+                        "unknown type {value:?} (valid: oci, docker, local, tar, image, registry)"
+                    ),
                 )
             })?,
             None => return Err(fail(Some("type"), "missing type=".to_owned())),
         };
         let mut output = Self::new(kind, Destination::Stdout);
+        output.push = fields
+            .iter()
+            .any(|(key, value)| key == "type" && value == "registry");
         let mut dest = None;
         let mut level = None;
         for (key, value) in &fields {
@@ -198,6 +226,8 @@ impl OutputSpec {
                 "force-compression" => output.force_compression = boolean()?,
                 "oci-mediatypes" => output.oci_mediatypes = Some(boolean()?),
                 "tar" => output.tar = boolean()?,
+                "push" => output.push = boolean()?,
+                "registry.insecure" => output.insecure_registry = boolean()?,
                 // Every key `kind.keys()` allows has an arm above.
                 _ => {}
             }
@@ -222,6 +252,7 @@ impl OutputSpec {
             output.compression = Some(valid);
         }
         output.dest = match dest.as_deref() {
+            None if kind == OutputKind::Image => Destination::Store,
             None | Some("") => {
                 return Err(fail(
                     Some("dest"),
@@ -249,6 +280,8 @@ impl OutputSpec {
             force_compression: false,
             oci_mediatypes: None,
             tar: true,
+            push: false,
+            insecure_registry: false,
         }
     }
 
@@ -344,6 +377,18 @@ mod tests {
         assert_eq!(spec.compression, Some(Compression::Zstd { level: 5 }));
         assert!(spec.force_compression && !spec.tar);
         assert_eq!(spec.oci_mediatypes, Some(true));
+    }
+
+    #[test]
+    fn image_outputs_push_to_their_names_and_registry_means_push() {
+        let spec = parse("type=image,name=127.0.0.1:5000/app:1,push=true,registry.insecure=true");
+        assert_eq!(spec.kind, OutputKind::Image);
+        assert_eq!(spec.dest, Destination::Store);
+        assert!(spec.push && spec.insecure_registry);
+        assert_eq!(spec.names[0].to_string(), "127.0.0.1:5000/app:1");
+        assert!(parse("type=registry,name=r.example/a").push);
+        assert!(!parse("type=image").push);
+        assert_eq!(error("type=image,dest=x").key.as_deref(), Some("dest"));
     }
 
     #[test]

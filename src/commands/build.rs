@@ -5,6 +5,7 @@ use crate::commands::cache_opts::{
     CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
 };
 use crate::commands::progress::{Built, Explainer, Progress, ProgressMode};
+use crate::commands::registry::{RegistryArgs, oci_platform, push_image};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
@@ -16,7 +17,9 @@ use imgb_builder::solve::{
 };
 use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
-use imgb_cache::{Destination, OutputSpec, Reference, RootEnv, Store, export};
+use imgb_cache::{
+    Destination, ImageError, OutputKind, OutputSpec, Reference, RootEnv, Store, export,
+};
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
 use imgb_frontend::lower::lower;
@@ -34,7 +37,8 @@ pub struct BuildArgs {
     /// Name the image (repeatable): `name[:tag]`.
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     pub tags: Vec<String>,
-    /// Export the result: `type=oci|docker|local|tar,dest=...` (repeatable).
+    /// Export the result: `type=oci|docker|local|tar,dest=...`, or
+    /// `type=image,name=REG/NAME:TAG,push=true` (repeatable).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// Do not use cached results.
@@ -44,6 +48,14 @@ pub struct BuildArgs {
     /// comma-separated).
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
+    /// Push the image to the registries of its `-t` names.
+    #[arg(long)]
+    pub push: bool,
+    /// Look base images up in their registries even when the store has them.
+    #[arg(long)]
+    pub pull: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// `auto` (plain unless stderr is a terminal), `tty`, `plain`, `rawjson` or `quiet`.
     #[arg(long, default_value = "auto", value_name = "MODE")]
     pub progress: ProgressMode,
@@ -88,6 +100,9 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|spec| OutputSpec::parse(spec).map_err(|error| anyhow!("-o {spec}: {error}")))
         .collect::<Result<Vec<_>>>()?;
+    if args.push && names.is_empty() {
+        bail!("--push needs a name to push to: -t REGISTRY/NAME:TAG");
+    }
     let secrets = parse_secrets(&args.secrets)?;
     let ssh_agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
     let cache_from = args
@@ -100,6 +115,22 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|spec| parse_cache_to(spec))
         .collect::<Result<Vec<_>>>()?;
+    // `registry.insecure=true` in an image output allows plain HTTP for its names' registries.
+    let insecure_outputs = outputs
+        .iter()
+        .filter(|spec| spec.kind == OutputKind::Image && spec.insecure_registry)
+        .flat_map(|spec| {
+            if spec.names.is_empty() {
+                &names
+            } else {
+                &spec.names
+            }
+        })
+        .map(|name| name.domain().to_owned());
+    let registry = args.registry.client(insecure_outputs.collect::<Vec<_>>());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let root = RootEnv::from_process(root).resolve()?;
     let store = Store::open(&root)
         .with_context(|| format!("opening the state directory {}", root.display()))?;
@@ -111,19 +142,36 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     // Base configs are read once: lowering needs their environment, the final image their
     // history and settings.
     let mut base_configs: HashMap<String, oci::ImageConfig> = HashMap::new();
-    let mut resolve = |reference: &str, _: &imgb_frontend::platform::Platform| match store
-        .find_image(reference)
-    {
-        Ok((_, image)) => {
-            let start = from_oci(&image.config);
-            base_configs.insert(reference.to_string(), image.config);
-            Ok(start)
-        }
-        Err(error) => Err(
-            Diagnostic::error(format!("base image {reference}: {error}")).with_hint(
-                "imgb builds from its store: `imgb load -i IMAGE.tar` the base image first",
+    let mut resolve = |reference: &str, platform: &imgb_frontend::platform::Platform| {
+        let local = if args.pull {
+            None
+        } else {
+            match store.find_image(reference) {
+                Ok((_, image)) => Some(Ok(image)),
+                Err(ImageError::NotFound { .. }) => None,
+                Err(error) => Some(Err(error.to_string())),
+            }
+        };
+        let found = local.unwrap_or_else(|| {
+            let parsed = Reference::parse(reference).map_err(|error| error.to_string())?;
+            runtime
+                .block_on(registry.pull_image(&store, &parsed, &oci_platform(platform)))
+                .map_err(|error| format!("pulling it: {error}"))
+        });
+        match found {
+            Ok(image) => {
+                let start = from_oci(&image.config);
+                base_configs.insert(reference.to_string(), image.config);
+                Ok(start)
+            }
+            Err(error) => Err(
+                Diagnostic::error(format!("base image {reference}: {error}")).with_hint(
+                    "imgb looks in its store, then in the image's registry \
+                     (`imgb login`, --registry-ca, --insecure-registry); \
+                     `imgb load -i IMAGE.tar` adds an image offline",
+                ),
             ),
-        ),
+        }
     };
     let mut lowered = match lower(&loaded.dockerfile, &plan, &loaded.options, &mut resolve) {
         Ok(lowered) => lowered,
@@ -168,6 +216,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         source_date_epoch,
         secrets: Arc::new(secrets),
         ssh_agents: Arc::new(ssh_agents),
+        registry: registry.clone(),
     };
     let settings: BTreeMap<String, String> = source_date_epoch
         .map(|epoch| ("SOURCE_DATE_EPOCH".to_string(), epoch.to_string()))
@@ -181,9 +230,6 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         settings,
     };
     let target = lowered.target_stage();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     let records = RecordStore::new(store.clone());
     let mut solver =
@@ -239,7 +285,17 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     };
     if let Some(remote) = &remote {
         // The image's layers must be stored; steps served by the imported cache may not be.
-        runtime.block_on(remote.fetch(filesystem))?;
+        // Layers of pulled base images come from their registry when needed, not the cache.
+        let from_cache = Filesystem {
+            layers: filesystem
+                .layers
+                .iter()
+                .filter(|layer| store.blob_source(&layer.blob.digest).is_none())
+                .cloned()
+                .collect(),
+            image: None,
+        };
+        runtime.block_on(remote.fetch(&from_cache))?;
         remote.adopt_hits(&records)?;
     }
 
@@ -287,9 +343,40 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         )
         .with_context(|| format!("exporting the build cache to {location}"))?;
     }
-    for spec in &outputs {
+    let mut push_to = if args.push { names.clone() } else { Vec::new() };
+    let (image_outputs, file_outputs): (Vec<_>, Vec<_>) = outputs
+        .iter()
+        .partition(|spec| spec.kind == OutputKind::Image);
+    for spec in image_outputs {
+        for name in &spec.names {
+            store.tag_image(&name.to_string(), &image.descriptor.digest)?;
+        }
+        if spec.push {
+            let spec_names = if spec.names.is_empty() {
+                &names
+            } else {
+                &spec.names
+            };
+            if spec_names.is_empty() {
+                bail!("-o type=image,push=true needs name=REGISTRY/NAME:TAG (or -t)");
+            }
+            push_to.extend(spec_names.iter().cloned());
+        }
+    }
+    if !file_outputs.is_empty() {
+        // Base layers that no step needed were never downloaded; an export needs them.
+        runtime
+            .block_on(registry.ensure_blobs(&store, &image.manifest.layers))
+            .context("fetching base layers for the export")?;
+    }
+    for spec in file_outputs {
         export(&store, &image, &names, spec)
             .with_context(|| format!("exporting to {:?}", spec.dest))?;
+    }
+    push_to.sort();
+    push_to.dedup();
+    if !push_to.is_empty() {
+        push_image(&runtime, &registry, &store, &image, &push_to)?;
     }
     let image_id = image.manifest.config.digest.to_string();
     if let Some(path) = &args.iidfile {

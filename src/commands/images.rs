@@ -13,6 +13,8 @@ use imgb_cache::oci::{History, ImageConfig};
 use imgb_cache::{OutputSpec, Reference, RootEnv, Store, StoredImage};
 use serde_json::{Value, json};
 
+use crate::commands::registry::{RegistryArgs, fetch_layers};
+
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// The archive: an OCI image layout tar or a docker-archive tar, optionally gzip- or
@@ -33,6 +35,8 @@ pub struct SaveArgs {
     /// `oci-mediatypes=`, `tar=false` (oci).
     #[arg(short, long, value_name = "SPEC")]
     output: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,7 +73,7 @@ pub struct RmArgs {
     images: Vec<String>,
 }
 
-fn open_store(root: Option<PathBuf>) -> Result<Store> {
+pub(crate) fn open_store(root: Option<PathBuf>) -> Result<Store> {
     let root = RootEnv::from_process(root).resolve()?;
     Store::open(&root).with_context(|| format!("opening the state directory {}", root.display()))
 }
@@ -106,6 +110,7 @@ pub fn save(root: Option<PathBuf>, args: &SaveArgs) -> Result<ExitCode> {
     let store = open_store(root)?;
     let (name, image) = store.find_image(&args.image)?;
     let default_names: Vec<Reference> = name.filter(|n| n.digest().is_none()).into_iter().collect();
+    fetch_layers(&args.registry, &store, &image)?;
     let report = imgb_cache::export(&store, &image, &default_names, &spec)
         .with_context(|| format!("exporting {} to {}", args.image, spec.dest))?;
     if let Some(manifest) = report.manifest {

@@ -4,4 +4,5 @@ pub mod build;
 pub mod cache_opts;
 pub mod images;
 pub mod progress;
+pub mod registry;
 pub mod run;
