@@ -237,7 +237,7 @@ fn tls_registry_with_auth_pull_build_push_and_pull_back_give_the_same_digests() 
 }
 
 #[test]
-fn loopback_registry_over_plain_http_needs_no_flag_and_unused_base_layers_are_not_downloaded() {
+fn loopback_registry_over_plain_http_needs_no_flag_layers_come_lazily_and_pull_refreshes() {
     let Some((dir, busybox)) = setup() else {
         return;
     };
@@ -291,14 +291,41 @@ fn loopback_registry_over_plain_http_needs_no_flag_and_unused_base_layers_are_no
         assert_eq!(inspected["Layers"][0], base_layer.as_str());
     }
 
-    // A step that needs the base filesystem downloads its layer.
+    // Running the image needs its filesystem: the base layer is fetched then.
+    let ran = env.imgb_ok(
+        &root,
+        &[
+            "run",
+            &format!("{host}/one:1"),
+            "--",
+            "/bin/busybox",
+            "echo",
+            "ran",
+        ],
+    );
+    assert_eq!(stdout(&ran), "ran\n");
+    assert!(layer_blob.exists());
+
+    // The digest `base:1` resolved to is reused until --pull asks the registry again.
+    run(Command::new(&skopeo)
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{host}/one:1"))
+        .arg(format!("docker://{host}/base:1")));
     std::fs::write(
         context.join("Dockerfile"),
-        format!("FROM {host}/base:1\nRUN [\"/bin/busybox\", \"true\"]\n"),
+        format!(
+            "FROM {host}/base:1\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"test -z \\\"$CONFIG_ONLY\\\"\"]\n"
+        ),
     )
     .unwrap();
     env.imgb_ok(&root, &["build", context.to_str().unwrap()]);
-    assert!(layer_blob.exists());
+    let pulled = env.imgb(&root, &["build", "--pull", context.to_str().unwrap()]);
+    assert!(
+        !pulled.status.success() && stderr(&pulled).contains("did not complete successfully"),
+        "--pull must build on the new base:1 (CONFIG_ONLY=1): {}",
+        stderr(&pulled)
+    );
 }
 
 #[test]

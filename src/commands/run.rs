@@ -7,6 +7,7 @@
 //! container. Exit codes follow `docker run`: the command's own, 128+N when a signal N killed
 //! it, 125 when the container could not be set up.
 
+use crate::commands::registry::{RegistryArgs, fetch_layers};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub struct RunArgs {
     /// The command and its arguments (after `--`); default: the image's entrypoint and cmd.
     #[arg(last = true)]
     command: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 pub fn run(root: Option<PathBuf>, args: &RunArgs) -> Result<ExitCode> {
@@ -73,6 +76,8 @@ pub fn run(root: Option<PathBuf>, args: &RunArgs) -> Result<ExitCode> {
             args.image
         )
     })?;
+    // A pulled image's layers are fetched when first needed.
+    fetch_layers(&args.registry, &store, &image)?;
     let lower_dirs = store
         .ensure_image_snapshots(&image)
         .with_context(|| format!("unpacking the layers of {}", args.image))?;
