@@ -133,14 +133,9 @@ impl Transport {
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
-                let challenge = response
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_owned);
                 let credentials = self.credentials(domain)?;
                 let authorization = self
-                    .authorize(&endpoint, domain, &call.scopes, challenge, credentials)
+                    .authorize(&endpoint, domain, &call.scopes, &response, credentials)
                     .await?;
                 self.lock_tokens().insert(key.clone(), authorization);
                 continue;
@@ -199,13 +194,8 @@ impl Transport {
             })?;
         let mut response = follow(&endpoint, &Method::GET, url.clone(), &call, None).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            let challenge = response
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned);
             let authorization = self
-                .authorize(&endpoint, domain, &[], challenge, Some(credentials.clone()))
+                .authorize(&endpoint, domain, &[], &response, Some(credentials.clone()))
                 .await?;
             response = follow(
                 &endpoint,
@@ -246,27 +236,29 @@ impl Transport {
         Ok(found)
     }
 
-    /// The `Authorization` value that answers `challenge`: basic credentials, or a bearer
-    /// token from the challenge's realm for `scopes` (plus the scope the challenge names).
+    /// The `Authorization` value that answers the challenge of `unauthorized_response`:
+    /// basic credentials, or a bearer token from the challenge's realm for `scopes` (plus the
+    /// scope the challenge names).
     async fn authorize(
         &self,
         endpoint: &Endpoint,
         domain: &str,
         scopes: &[String],
-        challenge: Option<String>,
+        unauthorized_response: &Response,
         credentials: Option<Credentials>,
     ) -> Result<String, RegistryError> {
+        let challenge = unauthorized_response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|value| value.to_str().ok());
         let unauthorized = |detail: String| RegistryError::Unauthorized {
             host: domain.to_owned(),
             url: endpoint.base.to_string(),
             detail,
         };
-        let challenge = challenge
-            .as_deref()
-            .and_then(Challenge::parse)
-            .ok_or_else(|| {
-                unauthorized("401 without a usable WWW-Authenticate challenge".into())
-            })?;
+        let challenge = challenge.and_then(Challenge::parse).ok_or_else(|| {
+            unauthorized("401 without a usable WWW-Authenticate challenge".into())
+        })?;
         match challenge {
             Challenge::Basic => match credentials {
                 Some(credentials) => Ok(basic(&credentials)),
