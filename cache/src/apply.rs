@@ -7,7 +7,7 @@
 //!   name is then handled with `*at` calls that never follow it; hardlink targets are resolved
 //!   the same way and linked without following. Entries that clean to the root itself only
 //!   update the root's metadata (directories) or are skipped.
-//! - OCI whiteouts, in one of two [`Whiteouts`] modes. `Remove` (flattening): `.wh.NAME`
+//! - OCI whiteouts (in layers), in one of two [`Whiteouts`] modes. `Remove` (flattening): `.wh.NAME`
 //!   removes NAME; `.wh..wh..opq` removes everything in its directory that this layer has not
 //!   itself written. `Overlay` (a layer on its own, to be an overlayfs lower directory): they
 //!   become overlayfs whiteouts, a 0:0 character device named NAME and the `overlay.opaque`
@@ -20,7 +20,13 @@
 //!   default for root); device nodes are skipped when the kernel refuses them (rootless), and
 //!   xattrs the filesystem or privileges refuse are skipped; both are counted in [`ApplyStats`].
 //!
-//! The compression (gzip, zstd or none) is detected from the stream's first bytes. After the
+//! Archives that are not layers (ADD's) use the same applier: [`Whiteouts::Literal`] keeps
+//! `.wh.` names as ordinary files, [`ApplyOptions::owner`] gives every entry one owner
+//! (`--chown`), [`ApplyOptions::root_metadata`] leaves the target directory itself alone, and
+//! [`apply_over`] extracts onto the upper layer of a stack, resolving names through the layers
+//! [`Below`] it.
+//!
+//! The compression (gzip, bzip2, xz, zstd or none) is detected from the stream's first bytes. After the
 //! end-of-archive marker the rest of the stream is read, so decompressor checksums are checked,
 //! and the whole decompressed stream is hashed: [`ApplyStats::diff_id`] lets the caller verify
 //! the layer against the image config's `rootfs.diff_ids`.
@@ -29,7 +35,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufReader, Cursor, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +44,10 @@ use std::rc::Rc;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use crate::confined::{ConfinedRoot, Missing, ResolveError, ResolvedDir, list_dir, remove_all_at};
+use crate::confined::{
+    Below, ConfinedRoot, Missing, ResolveError, ResolvedDir, list_dir, remove_all_at,
+};
+use crate::decompress::StreamCompression;
 use crate::digest::{Digest, Hasher};
 use crate::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_host_xattr};
 use crate::oci::LayerCompression;
@@ -77,7 +86,12 @@ pub struct ApplyOptions {
     pub limits: ApplyLimits,
     /// chown entries to their recorded uid/gid (needs root).
     pub preserve_ownership: bool,
+    /// chown every entry to this uid/gid instead of its recorded one (`ADD --chown`).
+    pub owner: Option<(u32, u32)>,
     pub whiteouts: Whiteouts,
+    /// Whether an entry naming the root itself (`./`) sets the target directory's mode, owner
+    /// and mtime: yes for a layer, no for an archive extracted into an existing directory.
+    pub root_metadata: bool,
 }
 
 impl Default for ApplyOptions {
@@ -85,7 +99,9 @@ impl Default for ApplyOptions {
         Self {
             limits: ApplyLimits::default(),
             preserve_ownership: rustix::process::geteuid().is_root(),
+            owner: None,
             whiteouts: Whiteouts::Remove,
+            root_metadata: true,
         }
     }
 }
@@ -97,6 +113,8 @@ pub enum Whiteouts {
     Remove,
     /// Record them the way overlayfs does, so the target can serve as a lower directory.
     Overlay(OverlayXattrs),
+    /// They are ordinary names: the archive is not a layer (ADD of a local tar).
+    Literal,
 }
 
 /// The xattr namespace of overlayfs' opaque marker.
@@ -197,7 +215,18 @@ pub fn apply_layer(
     target: &Path,
     options: &ApplyOptions,
 ) -> Result<ApplyStats, ApplyError> {
-    let root = ConfinedRoot::open(target).map_err(|source| ApplyError::Target {
+    apply_over(input, target, options, None)
+}
+
+/// Extracts the archive read from `input` into `target`, the upper layer of a stack whose lower
+/// layers `below` shows: names missing from `target` resolve through them (see [`Below`]).
+pub fn apply_over(
+    input: impl Read,
+    target: &Path,
+    options: &ApplyOptions,
+    below: Option<&dyn Below>,
+) -> Result<ApplyStats, ApplyError> {
+    let root = ConfinedRoot::open_over(target, below).map_err(|source| ApplyError::Target {
         path: target.to_owned(),
         source,
     })?;
@@ -208,7 +237,8 @@ pub fn apply_layer(
         count: Rc::clone(&input_bytes),
         hasher: None,
     };
-    let (_, decompressed) = decompress(counted_input).map_err(ApplyError::Read)?;
+    let (_, decompressed) =
+        crate::decompress::decompress(counted_input).map_err(ApplyError::Read)?;
     let mut tar = TarReader::new(Counted {
         inner: decompressed,
         count: Rc::clone(&tar_bytes),
@@ -244,34 +274,24 @@ pub fn apply_layer(
     Ok(applier.stats)
 }
 
-/// Picks the decompressor from the magic bytes; also says which it picked.
+/// Picks a layer's decompressor from its magic bytes; also says which it picked. bzip2 and xz
+/// are refused: they are no OCI layer media type.
 pub(crate) fn decompress<'a>(
     input: impl Read + 'a,
 ) -> io::Result<(LayerCompression, Box<dyn Read + 'a>)> {
-    let mut input = BufReader::with_capacity(BUFFER, input);
-    let mut magic = [0u8; 4];
-    let mut filled = 0;
-    while filled < magic.len() {
-        match input.read(&mut magic[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
+    let (compression, stream) = crate::decompress::decompress(input)?;
+    let layer = match compression {
+        StreamCompression::None => LayerCompression::None,
+        StreamCompression::Gzip => LayerCompression::Gzip,
+        StreamCompression::Zstd => LayerCompression::Zstd,
+        StreamCompression::Bzip2 | StreamCompression::Xz => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a layer compressed with {compression:?} (layers use gzip, zstd or none)"),
+            ));
         }
-    }
-    let head = &magic[..filled];
-    let stream = Cursor::new(head.to_vec()).chain(input);
-    Ok(match head {
-        [0x1f, 0x8b, ..] => (
-            LayerCompression::Gzip,
-            Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
-        ),
-        [0x28, 0xb5, 0x2f, 0xfd] => (
-            LayerCompression::Zstd,
-            Box::new(zstd::stream::read::Decoder::with_buffer(stream)?),
-        ),
-        _ => (LayerCompression::None, Box::new(stream)),
-    })
+    };
+    Ok((layer, stream))
 }
 
 /// Counts (and optionally hashes) bytes read through it; the count goes into a shared cell.
@@ -329,7 +349,7 @@ struct DeferredDir {
 }
 
 struct Applier<'o> {
-    root: ConfinedRoot,
+    root: ConfinedRoot<'o>,
     options: &'o ApplyOptions,
     meter: Meter,
     /// Resolved paths this layer wrote, and all their ancestors (for opaque markers).
@@ -402,7 +422,7 @@ impl Applier<'_> {
             self.cached_parent = None;
             // Only a directory entry may describe the root (its metadata); anything else
             // cannot replace the root and is ignored.
-            if kind == Kind::Directory {
+            if kind == Kind::Directory && self.options.root_metadata {
                 let root = self
                     .root
                     .fd()
@@ -416,7 +436,9 @@ impl Applier<'_> {
             }
             return Ok(());
         };
-        if let Some(whiteout) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        if let Some(whiteout) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes())
+            && self.options.whiteouts != Whiteouts::Literal
+        {
             self.cached_parent = None;
             return self.apply_whiteout(entry, &components, &name, whiteout);
         }
@@ -712,14 +734,19 @@ impl Applier<'_> {
         name: &OsStr,
         entry: &TarEntry,
     ) -> Result<(), ApplyError> {
-        if !self.options.preserve_ownership {
-            return Ok(());
-        }
-        let (Ok(uid), Ok(gid)) = (u32::try_from(entry.uid), u32::try_from(entry.gid)) else {
-            return Err(invalid(
-                entry,
-                format!("uid {} or gid {} out of range", entry.uid, entry.gid),
-            ));
+        let (uid, gid) = match self.options.owner {
+            Some(owner) => owner,
+            None if self.options.preserve_ownership => {
+                let (Ok(uid), Ok(gid)) = (u32::try_from(entry.uid), u32::try_from(entry.gid))
+                else {
+                    return Err(invalid(
+                        entry,
+                        format!("uid {} or gid {} out of range", entry.uid, entry.gid),
+                    ));
+                };
+                (uid, gid)
+            }
+            None => return Ok(()),
         };
         rustix::fs::chownat(
             dir,

@@ -6,6 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::confined::BelowEntry;
 use crate::tar_format::{EntryHeader, write_end, write_header, write_padding};
 
 /// Builds archives with arbitrary (hostile) names.
@@ -99,7 +100,7 @@ impl Sandbox {
 
 /// (dev, ino) of `path` resolved inside `root`, following symlinks as if `root` were `/`.
 fn in_root_inode(root: &Path, path: &str) -> (u64, u64) {
-    let confined = ConfinedRoot::open(root).unwrap();
+    let confined = ConfinedRoot::open_over(root, None).unwrap();
     let mut current = clean(path.as_bytes());
     for _ in 0..40 {
         let name = current.pop().unwrap();
@@ -682,4 +683,143 @@ fn unsupported_entry_type_is_refused_with_its_flag() {
     bytes.extend_from_slice(&[0u8; 1024]);
     let error = sandbox.apply(bytes).unwrap_err();
     assert!(error.to_string().contains("'Z'"), "{error}");
+}
+
+/// ADD's options: what a plain archive (not a layer) extracts as.
+fn archive_options() -> ApplyOptions {
+    ApplyOptions {
+        whiteouts: Whiteouts::Literal,
+        root_metadata: false,
+        ..ApplyOptions::default()
+    }
+}
+
+#[test]
+fn literal_whiteouts_are_ordinary_files_and_the_root_entry_is_left_alone() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.root().join("kept"), UNBROKEN).unwrap();
+    fs::set_permissions(sandbox.root(), fs::Permissions::from_mode(0o751)).unwrap();
+    let archive = Archive::default()
+        .dir("./", 0o700)
+        .file(".wh.kept", b"a file", 0o644)
+        .file("sub/.wh..wh..opq", b"another", 0o600)
+        .finish();
+    apply_layer(&archive[..], &sandbox.root(), &archive_options()).unwrap();
+    assert_eq!(sandbox.read("kept"), UNBROKEN);
+    assert_eq!(sandbox.read(".wh.kept"), b"a file");
+    assert_eq!(sandbox.read("sub/.wh..wh..opq"), b"another");
+    let mode = fs::metadata(sandbox.root()).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o751, "the target's own mode is not the archive's");
+}
+
+#[test]
+fn owner_option_overrides_every_entrys_recorded_owner() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let archive = Archive::default()
+        .dir("d", 0o755)
+        .file("d/f", b"x", 0o640)
+        .symlink("f", "d/l")
+        .finish();
+    let options = ApplyOptions {
+        owner: Some((1234, 5678)),
+        ..archive_options()
+    };
+    apply_layer(&archive[..], &sandbox.root(), &options).unwrap();
+    for path in ["d", "d/f", "d/l"] {
+        let meta = fs::symlink_metadata(sandbox.root().join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "{path}");
+    }
+    let mode = fs::metadata(sandbox.root().join("d/f")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "modes stay the archive's");
+}
+
+/// Layers below the target, as a map from relative path to entry.
+struct FakeBelow(Vec<(&'static str, BelowEntry)>);
+
+impl Below for FakeBelow {
+    fn entry(&self, path: &Path) -> io::Result<Option<BelowEntry>> {
+        Ok(self
+            .0
+            .iter()
+            .find(|(name, _)| Path::new(name) == path)
+            .map(|(_, entry)| entry.clone()))
+    }
+}
+
+fn below_dir(mode: u32) -> BelowEntry {
+    BelowEntry::Dir {
+        mode,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        mtime: 1_500_000_000,
+    }
+}
+
+#[test]
+fn entries_resolve_through_symlinks_and_directories_of_the_layers_below() {
+    let sandbox = Sandbox::new();
+    let below = FakeBelow(vec![
+        (
+            "lib",
+            BelowEntry::Symlink {
+                target: b"usr/lib".to_vec(),
+            },
+        ),
+        ("usr", below_dir(0o751)),
+        ("usr/lib", below_dir(0o750)),
+        (
+            "escape",
+            BelowEntry::Symlink {
+                target: b"/../../outside".to_vec(),
+            },
+        ),
+        ("file", BelowEntry::Other),
+    ]);
+    let archive = Archive::default()
+        .file("lib/libx.so", b"lib", 0o644)
+        .file("escape/f", b"confined", 0o644)
+        .finish();
+    let before = sandbox.outside();
+    apply_over(
+        &archive[..],
+        &sandbox.root(),
+        &archive_options(),
+        Some(&below),
+    )
+    .unwrap();
+    assert_eq!(sandbox.outside(), before, "nothing written beside the root");
+    assert_eq!(sandbox.read("usr/lib/libx.so"), b"lib");
+    assert!(
+        !sandbox.root().join("lib").exists(),
+        "the lower symlink is followed, not shadowed by a directory"
+    );
+    let usr = fs::metadata(sandbox.root().join("usr")).unwrap();
+    assert_eq!(usr.mode() & 0o7777, 0o751, "copied up with the lower mode");
+    assert_eq!(
+        fs::metadata(sandbox.root().join("usr/lib")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(sandbox.read("outside/f"), b"confined");
+
+    let through_file = Archive::default().file("file/x", b"", 0o644).finish();
+    let error = apply_over(
+        &through_file[..],
+        &sandbox.root(),
+        &archive_options(),
+        Some(&below),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ApplyError::Resolve {
+                source: ResolveError::NotADirectory(_),
+                ..
+            }
+        ),
+        "{error}"
+    );
 }

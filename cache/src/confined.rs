@@ -7,6 +7,11 @@
 //! The result is a descriptor of a directory inside the root, plus its path relative to the
 //! root; the caller then operates on one final name with `*at` calls that do not follow it.
 //! Nothing here ever hands the kernel a multi-component path to resolve on its own.
+//!
+//! A root may sit on top of other layers ([`Below`]): a name missing from the root is then
+//! looked up below, as overlayfs would show it. A symlink there is followed as if it were in the
+//! root; a directory there is copied up (created in the root with its metadata), so what is
+//! written lands where a process in the merged filesystem would put it.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -22,9 +27,49 @@ use rustix::io::Errno;
 const MAX_SYMLINKS: usize = 40;
 
 /// An open directory that paths are resolved inside of.
-#[derive(Debug)]
-pub(crate) struct ConfinedRoot {
+pub(crate) struct ConfinedRoot<'b> {
     fd: OwnedFd,
+    below: Option<&'b dyn Below>,
+}
+
+impl std::fmt::Debug for ConfinedRoot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfinedRoot")
+            .field("fd", &self.fd)
+            .field("below", &self.below.is_some())
+            .finish()
+    }
+}
+
+/// The layers under a root that is the upper layer of a stack.
+pub trait Below {
+    /// What `path` (relative to the root, symlinks in its parents already resolved) is in the
+    /// layers below, without following a final symlink; `None` when nothing is there.
+    fn entry(&self, path: &Path) -> io::Result<Option<BelowEntry>>;
+}
+
+/// One name in the layers below a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BelowEntry {
+    Dir {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: i64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// A file, device, fifo or socket: never a directory to walk through.
+    Other,
+}
+
+/// What one component of a path turned out to be.
+enum Component {
+    Absent,
+    Dir,
+    Symlink(Vec<u8>),
+    NotADirectory,
 }
 
 /// A directory resolved inside the root.
@@ -57,14 +102,15 @@ pub(crate) enum Missing {
     Stop,
 }
 
-impl ConfinedRoot {
-    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+impl<'b> ConfinedRoot<'b> {
+    /// A root whose missing names are looked up in `below`, when given.
+    pub(crate) fn open_over(path: &Path, below: Option<&'b dyn Below>) -> io::Result<Self> {
         let fd = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Self { fd })
+        Ok(Self { fd, below })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -103,24 +149,27 @@ impl ConfinedRoot {
             }
             let parent = stack.last().map_or(self.fd.as_fd(), |(fd, _)| fd.as_fd());
             let here = || relative_path(&stack, &name);
-            let stat = match rustix::fs::statat(parent, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-            {
-                Ok(stat) => FileType::from_raw_mode(stat.st_mode),
-                Err(Errno::NOENT) => {
-                    absent.push(name);
-                    continue;
-                }
-                Err(errno) => return Err(io_error("stat", here(), errno)),
-            };
-            match stat {
-                FileType::Symlink => {
+            let found =
+                match rustix::fs::statat(parent, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+                        FileType::Symlink => Component::Symlink(
+                            rustix::fs::readlinkat(parent, name.as_os_str(), Vec::new())
+                                .map_err(|errno| io_error("read link", here(), errno))?
+                                .into_bytes(),
+                        ),
+                        FileType::Directory => Component::Dir,
+                        _ => Component::NotADirectory,
+                    },
+                    Err(Errno::NOENT) => self.below_component(parent, &name, &here())?,
+                    Err(errno) => return Err(io_error("stat", here(), errno)),
+                };
+            match found {
+                Component::Absent => absent.push(name),
+                Component::Symlink(target) => {
                     symlinks += 1;
                     if symlinks > MAX_SYMLINKS {
                         return Err(ResolveError::TooManySymlinks);
                     }
-                    let target = rustix::fs::readlinkat(parent, name.as_os_str(), Vec::new())
-                        .map_err(|errno| io_error("read link", here(), errno))?;
-                    let target = target.as_bytes();
                     if target.starts_with(b"/") {
                         stack.clear();
                     }
@@ -128,11 +177,11 @@ impl ConfinedRoot {
                         pending.push_front(OsStr::from_bytes(component).to_owned());
                     }
                 }
-                FileType::Directory => {
+                Component::Dir => {
                     let fd = open_dir(parent, &name).map_err(|error| error.at(here()))?;
                     stack.push((fd, name));
                 }
-                _ => return Err(ResolveError::NotADirectory(here())),
+                Component::NotADirectory => return Err(ResolveError::NotADirectory(here())),
             }
         }
         if !absent.is_empty() && missing == Missing::Stop {
@@ -168,6 +217,81 @@ impl ConfinedRoot {
         };
         Ok(Some(ResolvedDir { fd, path }))
     }
+}
+
+impl ConfinedRoot<'_> {
+    /// A name missing from the root, as the layers below show it; a directory there is
+    /// copied up into `parent` so the walk can go on inside the root.
+    fn below_component(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<Component, ResolveError> {
+        let Some(below) = self.below else {
+            return Ok(Component::Absent);
+        };
+        let entry = below.entry(path).map_err(|source| ResolveError::Io {
+            op: "look up below",
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(match entry {
+            None => Component::Absent,
+            Some(BelowEntry::Symlink { target }) => Component::Symlink(target),
+            Some(BelowEntry::Other) => Component::NotADirectory,
+            Some(BelowEntry::Dir {
+                mode,
+                uid,
+                gid,
+                mtime,
+            }) => {
+                copy_up_dir(parent, name, mode, (uid, gid), mtime)
+                    .map_err(|(op, errno)| io_error(op, path.to_owned(), errno))?;
+                Component::Dir
+            }
+        })
+    }
+}
+
+/// Creates `name` in `parent` with a lower directory's metadata (chown first: it clears
+/// setuid/setgid bits).
+fn copy_up_dir(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    mode: u32,
+    (uid, gid): (u32, u32),
+    mtime: i64,
+) -> Result<(), (&'static str, Errno)> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(errno) => return Err(("create directory", errno)),
+    }
+    rustix::fs::chownat(
+        parent,
+        name,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|errno| ("chown", errno))?;
+    rustix::fs::chmodat(
+        parent,
+        name,
+        Mode::from_raw_mode(mode & 0o7777),
+        AtFlags::empty(),
+    )
+    .map_err(|errno| ("chmod", errno))?;
+    let time = rustix::fs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|errno| ("set mtime", errno))
 }
 
 /// Why opening a directory component failed, before the path is known.
@@ -288,7 +412,7 @@ mod tests {
         symlink("b/../../abs", base.join("a/chain")).unwrap();
         symlink("loop2", base.join("loop1")).unwrap();
         symlink("loop1", base.join("loop2")).unwrap();
-        let root = ConfinedRoot::open(base).unwrap();
+        let root = ConfinedRoot::open_over(base, None).unwrap();
         assert_eq!(resolve(&root, "abs"), Some(PathBuf::from("etc")));
         assert_eq!(resolve(&root, "a/up"), Some(PathBuf::from("etc")));
         assert_eq!(resolve(&root, "a/chain"), Some(PathBuf::from("etc")));
@@ -309,7 +433,7 @@ mod tests {
         let base = dir.path().join("root");
         std::fs::create_dir(&base).unwrap();
         symlink("/nonexistent/deep", base.join("dangling")).unwrap();
-        let root = ConfinedRoot::open(&base).unwrap();
+        let root = ConfinedRoot::open_over(&base, None).unwrap();
         let resolved = root
             .resolve_dir(&components("dangling/x"), Missing::Create)
             .unwrap()
@@ -323,7 +447,7 @@ mod tests {
     fn file_as_parent_is_not_a_directory_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"").unwrap();
-        let root = ConfinedRoot::open(dir.path()).unwrap();
+        let root = ConfinedRoot::open_over(dir.path(), None).unwrap();
         let error = root
             .resolve_dir(&components("f/x"), Missing::Create)
             .unwrap_err();
@@ -338,7 +462,7 @@ mod tests {
         fs_dirs(&outside, &["keep"]);
         fs_dirs(&root_path, &["victim/sub"]);
         symlink(&outside, root_path.join("victim/sub/link")).unwrap();
-        let root = ConfinedRoot::open(&root_path).unwrap();
+        let root = ConfinedRoot::open_over(&root_path, None).unwrap();
         remove_all_at(root.fd(), OsStr::new("victim")).unwrap();
         assert!(!root_path.join("victim").exists());
         assert!(outside.join("keep").is_dir());

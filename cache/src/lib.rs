@@ -11,7 +11,9 @@
 //! - [`lock`]: cross-process `flock` locks; the image name table uses them.
 //! - [`layer`]: a directory plus deletions (listed, or in overlayfs form) → a byte-identical
 //!   tar, compressed ([`compress`]) and hashed (diffID and blob digest) in one streaming pass.
-//! - [`apply`]: a layer tar (any compression) → a directory, never touching anything outside it.
+//! - [`apply`]: a layer tar (any compression) → a directory, never touching anything outside it;
+//!   also ADD's archives, onto the upper layer of a stack.
+//! - [`decompress`]: gzip, bzip2, xz and zstd detected by content; the "is this a tar" test.
 //! - [`snapshot`]: one unpacked tree per layer (overlayfs lower directories), made once from a
 //!   blob, or adopted as it is from the directory a build step wrote.
 //! - [`layer_source`]: a layer's blob, stored or rebuilt from its snapshot, verified either way.
@@ -46,6 +48,7 @@ pub mod apply;
 pub mod build_cache;
 pub mod compress;
 mod confined;
+pub mod decompress;
 pub mod digest;
 pub mod export;
 pub mod image;
@@ -67,9 +70,11 @@ pub mod usage;
 
 pub use apply::{
     ApplyError, ApplyLimits, ApplyOptions, ApplyStats, OverlayXattrs, Whiteouts, apply_layer,
+    apply_over,
 };
 pub use compress::Compression;
-pub use confined::ResolveError;
+pub use confined::{Below, BelowEntry, ResolveError};
+pub use decompress::{StreamCompression, is_tar_archive};
 pub use digest::{Digest, DigestError};
 pub use export::{ExportError, ExportReport, compressed_layer, export};
 pub use image::{ImageError, ImageSummary, StoredImage};
