@@ -19,6 +19,7 @@ mod mounts;
 use crate::context::{EntryKind, HashedContext, PathFilter, Selection};
 use crate::file_ops::{SourceRoot, apply_file_actions};
 use crate::graph::{ExecMount, FileAction, Network, Op};
+use crate::http_source;
 use crate::ignore::IgnoreRules;
 use crate::layered::LayeredView;
 use crate::solve::{
@@ -302,10 +303,19 @@ impl Executor for StoreExecutor {
                 self.fetch_layers(&job.inputs).await?;
                 self.exec(job, exec).await
             }
-            Op::Http(http) => Err(failed(format!(
-                "ADD {}: downloads are not supported yet (imgb builds offline)",
-                http.url
-            ))),
+            Op::Http(http) => {
+                let request = http_source::Request {
+                    url: &http.url,
+                    filename: &http.filename,
+                    checksum: http.checksum.as_deref(),
+                };
+                let download = http_source::download(&self.store, self.source_date_epoch, request);
+                let layer = tokio::select! {
+                    () = job.cancel.cancelled() => return Err(ExecError::Cancelled),
+                    layer = download => layer.map_err(failed)?,
+                };
+                Ok(Solved::Filesystem(Filesystem::default().with_layer(layer)))
+            }
             Op::Scratch => Ok(Solved::scratch()),
             Op::Context => Ok(Solved::Context),
         }

@@ -8,6 +8,13 @@
 //! source's path; files from the build context become `0:0` unless `--chown` says otherwise,
 //! files from another stage keep their owners; `--chmod` applies to everything copied.
 //!
+//! ADD's archives (`unpack_archives`): a source that is a regular file holding a tar, plain or
+//! compressed (detected by content, never by name), is extracted into the destination, which is
+//! always a directory then (created like `mkdir -p`, new directories owned by `--chown`).
+//! Entries keep their own modes and owners (`--chown` overrides the owners; `--chmod` does not
+//! apply, as in BuildKit). Extraction is the cache crate's confined applier, run on the upper
+//! directory with the base underneath ([`BaseBelow`]), so paths resolve as in the merged root.
+//!
 //! Invariants:
 //! - Destination paths resolve through the base filesystem's symlinks *inside* the base (via
 //!   [`LayeredView`]), as a RUN would see them; nothing is ever written outside `upper`.
@@ -21,6 +28,9 @@ use crate::graph::{FileAction, Owner};
 use crate::ignore::IgnoreRules;
 use crate::layered::{LayeredView, MAX_SYMLINKS, ViewEntry, ViewError};
 use crate::path_io::{PathIoError, io_error};
+use imgb_cache::{
+    ApplyError, ApplyOptions, Below, BelowEntry, Whiteouts, apply_over, is_tar_archive,
+};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs;
@@ -59,6 +69,12 @@ pub enum FileOpError {
     Mode { mode: String, reason: String },
     #[error("invalid --exclude pattern: {0}")]
     Exclude(String),
+    #[error("extracting the archive {archive}: {source}")]
+    Unpack {
+        archive: String,
+        #[source]
+        source: ApplyError,
+    },
     #[error("the step reads input {0}, which it was not given")]
     MissingInput(usize),
     #[error(transparent)]
@@ -115,6 +131,7 @@ pub fn apply_file_actions(
                 mode,
                 parents,
                 exclude,
+                unpack_archives,
                 ..
             } => {
                 let root = inputs
@@ -138,6 +155,7 @@ pub fn apply_file_actions(
                     mode,
                     parents: *parents,
                     linked: RefCell::default(),
+                    unpack_archives: *unpack_archives,
                 };
                 match root {
                     SourceRoot::Context(context) => {
@@ -256,6 +274,7 @@ struct CopySpec<'a> {
     /// Files with several links already copied by this COPY, by source (device, inode): their
     /// other names become hard links to the first copy, as BuildKit keeps them.
     linked: RefCell<HashMap<(u64, u64), PathBuf>>,
+    unpack_archives: bool,
 }
 
 struct Writer<'a> {
@@ -286,10 +305,25 @@ impl Writer<'_> {
             Some((parent, name)) => (parent, name),
             None => ("", trimmed),
         };
-        let resolved_parent = self.resolve_dir(parent)?;
+        let host = self.create_dirs(&self.resolve_dir(parent)?, created_owner)?;
+        Ok(if name.is_empty() {
+            host
+        } else {
+            host.join(name)
+        })
+    }
+
+    /// Creates every component of `resolved` (a path already resolved inside the base) in
+    /// `upper`: with the base's metadata where the base has the directory, else 0755 owned by
+    /// `created_owner` (root by default). Returns its host path.
+    fn create_dirs(
+        &self,
+        resolved: &str,
+        created_owner: Option<(u32, u32)>,
+    ) -> Result<PathBuf, FileOpError> {
         let mut host = self.upper.to_path_buf();
         let mut inside = String::new();
-        for component in resolved_parent.split('/').filter(|c| !c.is_empty()) {
+        for component in resolved.split('/').filter(|c| !c.is_empty()) {
             inside.push('/');
             inside.push_str(component);
             host.push(component);
@@ -309,11 +343,7 @@ impl Writer<'_> {
                 }
             }
         }
-        Ok(if name.is_empty() {
-            host
-        } else {
-            host.join(name)
-        })
+        Ok(host)
     }
 
     /// The path of directory `dir` inside the base with every symlink resolved, dangling ones
@@ -389,6 +419,13 @@ impl Writer<'_> {
         };
         for selected in &selection.sources {
             let entry = selected.entry;
+            let host = context.root().join(&entry.path);
+            if copy.unpack_archives
+                && entry.kind == EntryKind::File
+                && self.unpack_if_archive(&host, &selected.path, copy)?
+            {
+                continue;
+            }
             let target_path = self.target_path(copy, &selected.path, entry.is_dir(), dest_is_dir);
             let target = self.prepare_parents(&target_path, copy.ids)?;
             if entry.is_dir() {
@@ -433,6 +470,12 @@ impl Writer<'_> {
             return Err(FileOpError::DestinationNotDirectory);
         }
         for (path, entry) in found {
+            if copy.unpack_archives
+                && entry.metadata.is_file()
+                && self.unpack_if_archive(&entry.host_path, &path, copy)?
+            {
+                continue;
+            }
             let target_path = self.target_path(copy, &path, entry.is_dir(), dest_is_dir);
             let target = self.prepare_parents(&target_path, copy.ids)?;
             self.copy_view_tree(view, &entry, &target, copy)?;
@@ -485,6 +528,39 @@ impl Writer<'_> {
             set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
         }
         Ok(())
+    }
+
+    /// Extracts `archive` into the destination directory when it is a tar (plain or
+    /// compressed); false, with nothing written, when it is any other file.
+    fn unpack_if_archive(
+        &self,
+        archive: &Path,
+        source_path: &str,
+        copy: &CopySpec<'_>,
+    ) -> Result<bool, FileOpError> {
+        let open = || fs::File::open(archive).map_err(io_error("open", archive));
+        if !is_tar_archive(open()?) {
+            return Ok(false);
+        }
+        let resolved = self.resolve_dir(copy.dest)?;
+        let target = self.create_dirs(&resolved, copy.ids)?;
+        let options = ApplyOptions {
+            owner: copy.ids,
+            whiteouts: Whiteouts::Literal,
+            root_metadata: false,
+            ..ApplyOptions::default()
+        };
+        let below = BaseBelow {
+            base: self.base,
+            prefix: &resolved,
+        };
+        apply_over(open()?, &target, &options, Some(&below)).map_err(|source| {
+            FileOpError::Unpack {
+                archive: source_path.to_string(),
+                source,
+            }
+        })?;
+        Ok(true)
     }
 
     /// Where a matched source lands, as a path inside the image.
@@ -637,6 +713,41 @@ fn expand_in_view(
             Ok((entry.path, followed))
         })
         .collect()
+}
+
+/// The base filesystem under an archive extracted at `prefix` (a resolved path in the image).
+struct BaseBelow<'a> {
+    base: &'a LayeredView,
+    prefix: &'a str,
+}
+
+impl Below for BaseBelow<'_> {
+    fn entry(&self, path: &Path) -> io::Result<Option<BelowEntry>> {
+        let inside = format!(
+            "{}/{}",
+            self.prefix.trim_end_matches('/'),
+            path.to_string_lossy()
+        );
+        let Some(entry) = self.base.lookup(&inside, false).map_err(io::Error::other)? else {
+            return Ok(None);
+        };
+        let meta = &entry.metadata;
+        Ok(Some(if entry.is_dir() {
+            BelowEntry::Dir {
+                mode: meta.mode(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime(),
+            }
+        } else if entry.is_symlink() {
+            let target = fs::read_link(&entry.host_path)?;
+            BelowEntry::Symlink {
+                target: target.into_os_string().into_encoded_bytes(),
+            }
+        } else {
+            BelowEntry::Other
+        }))
+    }
 }
 
 fn remove_existing(target: &Path) -> Result<(), FileOpError> {

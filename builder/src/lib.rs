@@ -18,6 +18,7 @@ pub mod context;
 pub mod execute;
 pub mod file_ops;
 pub mod graph;
+pub mod http_source;
 pub mod ignore;
 pub mod layered;
 pub mod path_io;

@@ -18,6 +18,7 @@ use imgb_builder::graph::{
     BuildGraph, CacheSharing, ExecMount, ExecOp, FileAction, HttpSource, Network, Op, Owner,
     VertexId,
 };
+use imgb_builder::http_source::Checksum;
 use std::collections::BTreeMap;
 
 /// The default shell of shell-form commands.
@@ -127,7 +128,7 @@ pub fn lower(
                 context,
                 platform: &planned.platform,
             };
-            let (op, extra_inputs) = lower_step(step, sources)?;
+            let (op, extra_inputs) = lower_step(step, &name, sources)?;
             let mut inputs = vec![root];
             inputs.extend(extra_inputs);
             root = graph.add(op, inputs, name);
@@ -185,9 +186,11 @@ impl StageSources<'_> {
     }
 }
 
-/// The op of one step and the inputs it reads besides its stage's filesystem (input 0).
+/// The op of one step and the inputs it reads besides its stage's filesystem (input 0). `name`
+/// is the step's progress name, which its downloads share (a failure names the step's line).
 fn lower_step(
     step: &Step,
+    name: &str,
     mut sources: StageSources<'_>,
 ) -> Result<(Op, Vec<VertexId>), Diagnostic> {
     match &step.instruction {
@@ -251,25 +254,18 @@ fn lower_step(
             );
             let dest = destination(&add.files.dest, &step.working_dir);
             let (urls, local): (Vec<&String>, Vec<&String>) =
-                add.files.sources.iter().partition(|source| {
-                    source.starts_with("http://") || source.starts_with("https://")
-                });
+                add.files.sources.iter().partition(|source| is_url(source));
+            if let Some(checksum) = &add.checksum {
+                check_checksum(step, checksum, &add.files.sources)?;
+            }
             for url in urls {
-                let filename = url
-                    .rsplit('/')
-                    .find(|part| !part.is_empty())
-                    .unwrap_or("download")
-                    .to_string();
+                let filename = url_file_name(url);
                 let http = HttpSource {
                     url: url.clone(),
                     checksum: add.checksum.clone(),
                     filename: filename.clone(),
                 };
-                inputs.push(
-                    sources
-                        .graph
-                        .add(Op::Http(http), vec![], format!("https {url}")),
-                );
+                inputs.push(sources.graph.add(Op::Http(http), vec![], name));
                 actions.push(FileAction::Copy {
                     input: inputs.len(),
                     sources: vec![filename],
@@ -446,6 +442,63 @@ fn run_env(step: &Step, mounts: &[ExecMount]) -> Vec<String> {
         env.push(format!("SSH_AUTH_SOCK={target}"));
     }
     env
+}
+
+fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// BuildKit's checks of `ADD --checksum`: one source, a URL, a valid digest.
+fn check_checksum(step: &Step, checksum: &str, sources: &[String]) -> Result<(), Diagnostic> {
+    let located = |message: String| Diagnostic::error(message).at(step.instruction.span());
+    if sources.len() != 1 {
+        return Err(located(
+            "checksum can't be specified for multiple sources".to_string(),
+        ));
+    }
+    if !sources.iter().all(|source| is_url(source)) {
+        return Err(located(
+            "checksum requires HTTP(S) or Git sources".to_string(),
+        ));
+    }
+    Checksum::parse(checksum)
+        .map(drop)
+        .map_err(|reason| located(format!("invalid checksum {checksum:?}: {reason}")))
+}
+
+/// The file name a URL downloads to, as BuildKit names it: the last segment of the decoded
+/// path (query and fragment ignored), `__unnamed__` when there is none or it cannot be decoded.
+fn url_file_name(url: &str) -> String {
+    const UNNAMED: &str = "__unnamed__";
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let before_query = after_scheme.split(['?', '#']).next().unwrap_or_default();
+    let path = before_query.find('/').map_or("", |at| &before_query[at..]);
+    let Some(decoded) = percent_decode(path) else {
+        return UNNAMED.to_string();
+    };
+    match decoded.trim_end_matches('/').rsplit('/').next() {
+        None | Some("" | "." | "..") => UNNAMED.to_string(),
+        Some(name) => name.to_string(),
+    }
+}
+
+/// `%XX` escapes decoded; `None` for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail
+                .get(..2)
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))?;
+            bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = tail.get(2..)?;
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// A RUN's argv and the script files it needs (path, contents).

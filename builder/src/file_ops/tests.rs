@@ -372,3 +372,104 @@ fn copied_symlinks_keep_their_mtime() {
         (source.mtime(), source.mtime_nsec())
     );
 }
+
+/// ADD of context sources: archives are extracted.
+fn add(sources: &[&str], dest: &str, owner: Option<&str>) -> FileAction {
+    FileAction::Copy {
+        input: 1,
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+        dest: dest.to_string(),
+        owner: owner.map(|user| Owner {
+            user: user.to_string(),
+            group: None,
+        }),
+        mode: None,
+        link: false,
+        parents: false,
+        exclude: Vec::new(),
+        unpack_archives: true,
+    }
+}
+
+/// `app.tar` in the fixture context: `bin/tool` (0750, owned 3:4) and `share/` (0700).
+fn write_archive(dir: &Path) {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o700);
+    header.set_size(0);
+    builder
+        .append_data(&mut header, "share/", io::empty())
+        .unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_mode(0o750);
+    header.set_uid(3);
+    header.set_gid(4);
+    header.set_size(4);
+    builder
+        .append_data(&mut header, "bin/tool", &b"tool"[..])
+        .unwrap();
+    let context = dir.join("context");
+    fs::create_dir_all(&context).unwrap();
+    fs::write(context.join("app.tar"), builder.into_inner().unwrap()).unwrap();
+    fs::write(context.join("fake.tar.gz"), "not an archive").unwrap();
+}
+
+#[test]
+fn add_extracts_a_local_archive_through_base_symlinks_keeping_entry_metadata() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_archive(dir.path());
+    let upper = run(
+        &[add(&["app.tar", "fake.tar.gz"], "/srv/", None)],
+        dir.path(),
+    );
+    let tool = upper.join("data/bin/tool");
+    assert_eq!(fs::read_to_string(&tool).unwrap(), "tool");
+    assert_eq!(owner_of(&tool), (3, 4), "entries keep their owners");
+    let mode = |path: &Path| fs::metadata(path).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&tool), 0o750);
+    assert_eq!(mode(&upper.join("data/share")), 0o700);
+    assert_eq!(
+        owner_of(&upper.join("data")),
+        (7, 7),
+        "copied up from the base"
+    );
+    assert!(
+        !upper.join("srv").exists(),
+        "the base's symlink is followed"
+    );
+    assert_eq!(
+        fs::read_to_string(upper.join("data/fake.tar.gz")).unwrap(),
+        "not an archive",
+        "a file that only has an archive's name is copied as is"
+    );
+}
+
+#[test]
+fn add_chown_owns_extracted_entries_and_new_destination_directories() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_archive(dir.path());
+    let upper = run(&[add(&["app.tar"], "/opt/app", Some("app"))], dir.path());
+    // `app` is 1000 with primary group 60 in the fixture's /etc/passwd.
+    for path in ["opt/app/bin/tool", "opt/app", "opt"] {
+        assert_eq!(owner_of(&upper.join(path)), (1000, 60), "{path}");
+    }
+}
+
+#[test]
+fn add_without_unpacking_copies_the_archive_as_a_file() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_archive(dir.path());
+    let upper = run(&[copy(1, &["app.tar"], "/opt/")], dir.path());
+    assert!(upper.join("opt/app.tar").is_file());
+    assert!(!upper.join("opt/bin").exists());
+}

@@ -266,3 +266,77 @@ fn base_image_config_enters_the_stage_env() {
             .contains(&"FROM_IMAGE=alpine:3".to_string())
     );
 }
+
+#[test]
+fn add_url_downloads_under_the_url_file_name_in_a_vertex_named_like_the_step() {
+    let lowered = lowered(
+        "FROM scratch\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://example.com/dl/tool%20v1.tar.gz?x=1 /opt/\n",
+        &BuildOptions::default(),
+    );
+    let add = target_vertex(&lowered);
+    let [
+        FileAction::Copy {
+            input,
+            sources,
+            unpack_archives,
+            ..
+        },
+    ] = file_actions(add)
+    else {
+        panic!("one copy expected: {add:?}");
+    };
+    assert_eq!(sources, &["tool v1.tar.gz"]);
+    assert!(!unpack_archives, "URLs are not extracted unless --unpack");
+    let http = lowered.graph.vertex(add.inputs[*input]);
+    let Op::Http(source) = &http.op else {
+        panic!("expected the download: {http:?}");
+    };
+    assert_eq!(source.filename, "tool v1.tar.gz");
+    assert_eq!(http.name, add.name);
+}
+
+#[test]
+fn url_file_names_follow_buildkit() {
+    for (url, name) in [
+        ("https://example.com/a/b.txt", "b.txt"),
+        ("https://example.com/a/dir/", "dir"),
+        ("https://example.com", "__unnamed__"),
+        ("https://example.com/", "__unnamed__"),
+        ("http://example.com/x.tgz#frag", "x.tgz"),
+        ("http://example.com/bad%zz", "__unnamed__"),
+    ] {
+        assert_eq!(url_file_name(url), name, "{url}");
+    }
+}
+
+#[test]
+fn add_checksum_errors_name_the_line() {
+    for (line, message) in [
+        (
+            "ADD --checksum=sha256:00 https://example.com/f /f",
+            "invalid checksum digest length",
+        ),
+        (
+            "ADD --checksum=md5:00 https://example.com/f /f",
+            "unsupported digest algorithm",
+        ),
+        (
+            "ADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 local.txt /f",
+            "checksum requires HTTP(S) or Git sources",
+        ),
+        (
+            "ADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://a/f https://b/g /d/",
+            "checksum can't be specified for multiple sources",
+        ),
+    ] {
+        let source = format!("FROM scratch\n{line}\n");
+        let dockerfile = Dockerfile::parse("Dockerfile", &source).unwrap();
+        let options = BuildOptions::default();
+        let plan = BuildPlan::new(&dockerfile, &options).unwrap();
+        let mut resolve = |_: &str, _: &Platform| Ok(ImageConfig::default());
+        let error = lower(&dockerfile, &plan, &options, &mut resolve).unwrap_err();
+        let text = error.with_source("Dockerfile", &source).to_string();
+        assert!(text.contains(message), "{line}: {text}");
+        assert!(text.contains("Dockerfile:2"), "{line}: {text}");
+    }
+}
