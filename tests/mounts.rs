@@ -113,6 +113,24 @@ fn cache_mount_from_a_stage_is_seeded_with_its_source_and_read_only_refuses_writ
     assert_eq!(run_in(&root, "seeded:1", "cat /got"), "seeded\n");
 }
 
+#[test]
+fn one_step_mounting_a_locked_cache_twice_gets_one_directory_without_waiting_for_itself() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let context = context(
+        dir.path(),
+        &busybox,
+        "context",
+        "RUN --mount=type=cache,id=twice,target=/a,sharing=locked \
+             --mount=type=cache,id=twice,target=/b,sharing=locked \
+             sh -c 'echo same > /a/file && cat /b/file > /seen'\n",
+    );
+    build_ok(&root, &context, &["-t", "twice:1"]);
+    assert_eq!(run_in(&root, "twice:1", "cat /seen"), "same\n");
+}
+
 /// Two imgb processes run a step on the same cache at once; the step fails if it finds the
 /// other one inside. `locked` serializes them; `private` hands the second a fresh instance.
 fn concurrent_users_never_meet(sharing: &str) {

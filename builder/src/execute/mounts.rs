@@ -13,6 +13,7 @@
 //!   instance nobody holds, creating a new one when all are busy.
 //! - The cache key (`<key>`) is the mount's id, the owner and mode the cache is created with and
 //!   what seeds it (as BuildKit keys cache refs by id and base), so two ids never share a cache.
+//!   A step locks its caches in key order, each key once, so steps never wait in a cycle.
 
 use super::{StoreExecutor, failed};
 use crate::file_ops::{SourceRoot, apply_file_actions};
@@ -21,6 +22,7 @@ use crate::layered::LayeredView;
 use crate::solve::{ExecError, Filesystem, Job, Solved};
 use imgb_cache::{Digest, FileLock, Store};
 use imgb_runner::{Mount, MountKind};
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -58,11 +60,12 @@ impl StoreExecutor {
             .prefix("mounts-")
             .tempdir_in(self.store.tmp_dir())
             .map_err(failed)?;
+        let (cache_dirs, cache_locks) = self.acquire_caches(job, exec).await?;
         let mut prepared = StepMounts {
             mounts: Vec::new(),
             env: Vec::new(),
             _host_files: host_files,
-            _cache_locks: Vec::new(),
+            _cache_locks: cache_locks,
             _agents: Vec::new(),
         };
         for (index, mount) in exec.mounts.iter().enumerate() {
@@ -77,41 +80,10 @@ impl StoreExecutor {
                     source: self.bind_source(job, *input, source)?,
                     read_only: *readonly,
                 },
-                ExecMount::Cache {
-                    id,
-                    sharing,
-                    readonly,
-                    mode,
-                    uid,
-                    gid,
-                    from,
-                    source,
-                    ..
-                } => {
-                    let seed = from
-                        .map(|input| -> Result<_, ExecError> {
-                            let filesystem = StoreExecutor::input_filesystem(&job.inputs, input)?;
-                            Ok((filesystem, source.as_str()))
-                        })
-                        .transpose()?;
-                    let request = CacheRequest {
-                        key: cache_key(id, *mode, (*uid, *gid), seed),
-                        sharing: *sharing,
-                        mode: *mode,
-                        owner: (*uid, *gid),
-                        seed: seed
-                            .map(|(filesystem, source)| -> Result<_, ExecError> {
-                                let view = LayeredView::new(self.snapshots(filesystem)?);
-                                Ok((view, source.to_string()))
-                            })
-                            .transpose()?,
-                    };
-                    let store = self.store.clone();
-                    let (dir, lock) =
-                        tokio::task::spawn_blocking(move || acquire_cache(&store, request))
-                            .await
-                            .map_err(failed)??;
-                    prepared._cache_locks.push(lock);
+                ExecMount::Cache { readonly, .. } => {
+                    let dir = cache_dirs.get(&index).cloned().ok_or_else(|| {
+                        failed(format!("cache mount {} was not prepared", mount.target()))
+                    })?;
                     if *readonly {
                         MountKind::Bind {
                             source: dir,
@@ -211,6 +183,71 @@ impl StoreExecutor {
             });
         }
         Ok(prepared)
+    }
+
+    /// Locks and prepares every cache instance `exec` mounts, in key order (so two steps never
+    /// wait for each other's locks in a cycle) and each key once (a step mounting one cache
+    /// twice must not wait for itself). Returns each cache mount's directory by mount index.
+    async fn acquire_caches(
+        &self,
+        job: &Job,
+        exec: &ExecOp,
+    ) -> Result<(BTreeMap<usize, PathBuf>, Vec<FileLock>), ExecError> {
+        let mut requests: BTreeMap<String, (CacheRequest, Vec<usize>)> = BTreeMap::new();
+        for (index, mount) in exec.mounts.iter().enumerate() {
+            let ExecMount::Cache {
+                id,
+                sharing,
+                mode,
+                uid,
+                gid,
+                from,
+                source,
+                ..
+            } = mount
+            else {
+                continue;
+            };
+            let seed = from
+                .map(|input| -> Result<_, ExecError> {
+                    let filesystem = StoreExecutor::input_filesystem(&job.inputs, input)?;
+                    Ok((filesystem, source.as_str()))
+                })
+                .transpose()?;
+            let key = cache_key(id, *mode, (*uid, *gid), seed);
+            if let Some((_, users)) = requests.get_mut(key.hex()) {
+                users.push(index);
+                continue;
+            }
+            let request = CacheRequest {
+                key: key.clone(),
+                sharing: *sharing,
+                mode: *mode,
+                owner: (*uid, *gid),
+                seed: seed
+                    .map(|(filesystem, source)| -> Result<_, ExecError> {
+                        let view = LayeredView::new(self.snapshots(filesystem)?);
+                        Ok((view, source.to_string()))
+                    })
+                    .transpose()?,
+            };
+            requests.insert(key.hex().to_string(), (request, vec![index]));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut dirs = BTreeMap::new();
+            let mut locks = Vec::new();
+            for (request, users) in requests.into_values() {
+                let (dir, lock) = acquire_cache(&store, request)?;
+                locks.push(lock);
+                for index in users {
+                    dirs.insert(index, dir.clone());
+                }
+            }
+            Ok((dirs, locks))
+        })
+        .await
+        .map_err(failed)?
     }
 
     /// The host path a bind mount of input `input`'s `source` shows.
