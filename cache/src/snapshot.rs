@@ -15,8 +15,8 @@
 //!   an export or push needs it (see [`crate::layer_source`]). Rebuilding needs the settings
 //!   the tar was hashed with (`SOURCE_DATE_EPOCH`, and the user namespace of a rootless step,
 //!   whose owners the tar records as the step saw them); they are kept in
-//!   `snapshots/<hex>.json` ([`OverlayTarSettings`]). Rebuilding runs in the initial user
-//!   namespace.
+//!   `snapshots/<hex>.json` ([`OverlayTarSettings`]). Rebuilding runs in the namespace imgb
+//!   runs in: the one the step's namespace was made in, or the step's own.
 //!
 //! Invariants:
 //! - A snapshot is made at most once per diffID at a time: makers serialize on
@@ -189,7 +189,15 @@ impl Store {
         out: impl io::Write,
     ) -> Result<(), SnapshotError> {
         let path = self.snapshot_path(diff_id);
-        let settings = self.snapshot_tar_settings(diff_id)?;
+        let mut settings = self.snapshot_tar_settings(diff_id)?;
+        // Adopted in this very namespace (imgb itself in a user namespace): owners already
+        // look as they did then.
+        if settings.ids.is_some()
+            && settings.ids
+                == IdMap::of_current_process().map_err(io_error("read the id maps of", &path))?
+        {
+            settings.ids = None;
+        }
         write_overlay_tar(out, &path, &settings)
             .map_err(|source| SnapshotError::Tar { path, source })
     }
