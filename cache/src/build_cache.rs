@@ -11,7 +11,8 @@
 //! layers.
 //!
 //! Where a cache lives is a [`CacheLocation`]: an OCI layout directory (its `index.json` entry
-//! tagged [`LAYOUT_TAG`]).
+//! tagged [`LAYOUT_TAG`]) or a registry reference (the cache manifest pushed under its tag, after
+//! its blobs, with the registry client).
 //!
 //! Invariants:
 //! - Keys are content-addressed cache keys; nothing in the format is machine-specific, so an
@@ -38,6 +39,8 @@ use crate::oci::{
     Descriptor, ImageConfig, ImageIndex, ImageLayout, ImageManifest, LayerCompression, annotation,
     canonical_json, is_manifest_type,
 };
+use crate::reference::Reference;
+use crate::registry::{ManifestDocument, Registry, RegistryError};
 use crate::store::{Store, StoreError};
 
 /// The version of [`CacheConfig`]; a cache with another version is not read.
@@ -217,12 +220,27 @@ impl CacheBuilder {
 pub enum CacheLocation {
     /// An OCI layout directory (`type=local`).
     Directory(PathBuf),
+    /// A manifest in a registry (`type=registry`): a cache artifact, or an image with inline
+    /// cache metadata (read only).
+    Registry(Reference),
 }
 
 impl std::fmt::Display for CacheLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CacheLocation::Directory(dir) => write!(f, "cache directory {}", dir.display()),
+            CacheLocation::Registry(reference) => write!(f, "cache {reference}"),
+        }
+    }
+}
+
+impl CacheLocation {
+    /// The tag or digest a registry cache is stored under.
+    fn registry_target(reference: &Reference) -> String {
+        match (reference.digest(), reference.tag()) {
+            (Some(digest), _) => digest.to_string(),
+            (None, Some(tag)) => tag.to_owned(),
+            (None, None) => "latest".to_owned(),
         }
     }
 }
@@ -256,6 +274,10 @@ pub enum BuildCacheError {
     Export(#[from] ExportError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("internal error: {0}")]
+    Panicked(String),
 }
 
 /// A cache read from its location: the metadata now, layer blobs on request.
@@ -263,69 +285,129 @@ pub enum BuildCacheError {
 pub struct ImportedCache {
     pub location: CacheLocation,
     pub content: CacheContent,
+    registry: Registry,
 }
 
-/// Reads the cache metadata at `location` (no layer blobs).
-pub fn import_cache(location: &CacheLocation) -> Result<ImportedCache, BuildCacheError> {
+/// Reads the cache metadata at `location` (no layer blobs); a registry cache's config blob is
+/// fetched into `store`.
+pub async fn import_cache(
+    location: &CacheLocation,
+    store: &Store,
+    registry: &Registry,
+) -> Result<ImportedCache, BuildCacheError> {
     let source = location.to_string();
     let content = match location {
         CacheLocation::Directory(dir) => {
-            let manifest = layout_cache_manifest(dir, &source)?;
-            content_of_manifest(&source, &manifest, |descriptor| {
-                read_layout_document(dir, &source, descriptor)
-            })?
+            let (dir, source) = (dir.clone(), source.clone());
+            // A layout may sit on a slow or blocking filesystem: keep it off the async workers.
+            blocking(move || {
+                let manifest = layout_cache_manifest(&dir, &source)?;
+                let config = read_layout_document(&dir, &source, &manifest.config)?;
+                content_of_manifest(&source, &manifest, &config)
+            })
+            .await?
+        }
+        CacheLocation::Registry(reference) => {
+            let repository = registry.repository(reference);
+            let target = CacheLocation::registry_target(reference);
+            let manifest = match repository.fetch_manifest(&target).await {
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(BuildCacheError::NotFound { cache: source });
+                }
+                other => other?,
+            };
+            let ManifestDocument::Image(manifest) = manifest.document else {
+                return Err(BuildCacheError::Invalid {
+                    cache: source,
+                    reason: "it is an index, not a cache or image manifest".to_owned(),
+                });
+            };
+            if manifest.config.size > MAX_DOCUMENT_BYTES {
+                return Err(too_large(&source, &manifest.config));
+            }
+            repository.fetch_blob(store, &manifest.config).await?;
+            let config = store.read_blob(&manifest.config.digest)?;
+            content_of_manifest(&source, &manifest, &config)?
         }
     };
     Ok(ImportedCache {
         location: location.clone(),
         content: content.validate(&source)?,
+        registry: registry.clone(),
     })
 }
 
 impl ImportedCache {
     /// Copies `blob` into `store`, verified; a blob already stored is left alone.
-    pub fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), BuildCacheError> {
+    pub async fn fetch_blob(
+        &self,
+        store: &Store,
+        blob: &Descriptor,
+    ) -> Result<(), BuildCacheError> {
         if store.has_blob(&blob.digest) {
             return Ok(());
         }
-        let source = self.location.to_string();
         match &self.location {
             CacheLocation::Directory(dir) => {
-                let path = dir.join(layout_blob_path(&blob.digest));
-                let file = File::open(&path).map_err(io_error("open", &path))?;
-                let mut writer = store.blob_writer()?;
-                let copied = io::copy(&mut file.take(blob.size.saturating_add(1)), &mut writer)
-                    .map_err(io_error("copy", &path))?;
-                if copied != blob.size {
-                    return Err(BuildCacheError::SizeMismatch {
-                        cache: source,
-                        digest: blob.digest.clone(),
-                        expected: blob.size,
-                        actual: copied,
-                    });
-                }
-                writer
-                    .commit_expected(&blob.digest)
-                    .map_err(|error| match error {
-                        StoreError::UnexpectedDigest { actual, .. } => {
-                            BuildCacheError::DigestMismatch {
-                                cache: source,
-                                digest: blob.digest.clone(),
-                                actual,
-                            }
-                        }
-                        other => other.into(),
-                    })?;
+                let (dir, store, blob) = (dir.clone(), store.clone(), blob.clone());
+                let source = self.location.to_string();
+                blocking(move || copy_layout_blob(&dir, &source, &store, &blob)).await
+            }
+            CacheLocation::Registry(reference) => {
+                let repository = self.registry.repository(reference);
+                repository.fetch_blob(store, blob).await?;
+                Ok(())
             }
         }
-        Ok(())
     }
+}
+
+/// Copies a layout directory's blob into the store, checking its size and digest.
+fn copy_layout_blob(
+    dir: &Path,
+    source: &str,
+    store: &Store,
+    blob: &Descriptor,
+) -> Result<(), BuildCacheError> {
+    let path = dir.join(layout_blob_path(&blob.digest));
+    let file = File::open(&path).map_err(io_error("open", &path))?;
+    let mut writer = store.blob_writer()?;
+    let copied = io::copy(&mut file.take(blob.size.saturating_add(1)), &mut writer)
+        .map_err(io_error("copy", &path))?;
+    if copied != blob.size {
+        return Err(BuildCacheError::SizeMismatch {
+            cache: source.to_owned(),
+            digest: blob.digest.clone(),
+            expected: blob.size,
+            actual: copied,
+        });
+    }
+    writer
+        .commit_expected(&blob.digest)
+        .map_err(|error| match error {
+            StoreError::UnexpectedDigest { actual, .. } => BuildCacheError::DigestMismatch {
+                cache: source.to_owned(),
+                digest: blob.digest.clone(),
+                actual,
+            },
+            other => other.into(),
+        })?;
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BuildCacheError> + Send + 'static,
+) -> Result<T, BuildCacheError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| BuildCacheError::Panicked(error.to_string()))?
 }
 
 /// Writes `content` to `location`, its layers recompressed to `compression` where they differ;
 /// returns the cache manifest's descriptor.
-pub fn export_cache(
+pub async fn export_cache(
     store: &Store,
+    registry: &Registry,
     location: &CacheLocation,
     mut content: CacheContent,
     compression: Option<Compression>,
@@ -373,24 +455,38 @@ pub fn export_cache(
                 .insert(annotation::REF_NAME.to_owned(), LAYOUT_TAG.to_owned());
             layout.index(vec![entry])?;
         }
+        CacheLocation::Registry(reference) => {
+            let repository = registry.repository(reference);
+            for layer in &content.layers {
+                repository.push_blob(store, layer).await?;
+            }
+            store.write_blob(&config_bytes)?;
+            repository.push_blob(store, &config).await?;
+            repository
+                .push_manifest(
+                    &CacheLocation::registry_target(reference),
+                    &descriptor.media_type,
+                    &manifest_bytes,
+                )
+                .await?;
+        }
     }
     Ok(descriptor)
 }
 
 /// The cache metadata a manifest carries: a cache artifact's config, or the inline field of an
-/// image's config. `read` fetches a small document by descriptor, verified.
+/// image's config (`config_bytes`, already verified).
 fn content_of_manifest(
     source: &str,
     manifest: &ImageManifest,
-    read: impl Fn(&Descriptor) -> Result<Vec<u8>, BuildCacheError>,
+    config_bytes: &[u8],
 ) -> Result<CacheContent, BuildCacheError> {
     let json = |document| json_error(source, document);
-    let config_bytes = read(&manifest.config)?;
     let config = if manifest.config.media_type == CONFIG_MEDIA_TYPE {
-        serde_json::from_slice::<CacheConfig>(&config_bytes).map_err(json("cache config"))?
+        serde_json::from_slice::<CacheConfig>(config_bytes).map_err(json("cache config"))?
     } else {
         let image: ImageConfig =
-            serde_json::from_slice(&config_bytes).map_err(json("image config"))?;
+            serde_json::from_slice(config_bytes).map_err(json("image config"))?;
         image.build_cache.ok_or_else(|| BuildCacheError::NotFound {
             cache: source.to_owned(),
         })?
@@ -440,13 +536,7 @@ fn read_layout_document(
     descriptor: &Descriptor,
 ) -> Result<Vec<u8>, BuildCacheError> {
     if descriptor.size > MAX_DOCUMENT_BYTES {
-        return Err(BuildCacheError::Invalid {
-            cache: source.to_owned(),
-            reason: format!(
-                "document {} claims {} bytes (limit {MAX_DOCUMENT_BYTES})",
-                descriptor.digest, descriptor.size
-            ),
-        });
+        return Err(too_large(source, descriptor));
     }
     let path = dir.join(layout_blob_path(&descriptor.digest));
     let mut bytes = Vec::new();
@@ -460,7 +550,7 @@ fn read_layout_document(
 }
 
 /// `bytes` if they are what `descriptor` names.
-pub(crate) fn verify_document(
+fn verify_document(
     source: &str,
     descriptor: &Descriptor,
     bytes: Vec<u8>,
@@ -482,6 +572,16 @@ pub(crate) fn verify_document(
         });
     }
     Ok(bytes)
+}
+
+fn too_large(source: &str, descriptor: &Descriptor) -> BuildCacheError {
+    BuildCacheError::Invalid {
+        cache: source.to_owned(),
+        reason: format!(
+            "document {} claims {} bytes (limit {MAX_DOCUMENT_BYTES})",
+            descriptor.digest, descriptor.size
+        ),
+    }
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildCacheError {

@@ -17,6 +17,7 @@ use imgb_builder::solve::{
 };
 use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
+use imgb_cache::registry::Registry;
 use imgb_cache::{
     Destination, ImageError, OutputKind, OutputSpec, Reference, RootEnv, Store, export,
 };
@@ -69,11 +70,13 @@ pub struct BuildArgs {
     /// `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "SPEC")]
     pub ssh: Vec<String>,
-    /// Export the build cache: `type=local,dest=DIR` or `type=inline`, with
+    /// Export the build cache: `type=local,dest=DIR`, `type=registry,ref=NAME:TAG` or
+    /// `type=inline`, with
     /// `mode=min|max` and `compression=gzip|zstd|uncompressed` (repeatable).
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Use an exported build cache: `type=local,src=DIR` (repeatable; the first wins a key).
+    /// Use an exported build cache: `type=local,src=DIR`, `type=registry,ref=NAME:TAG` or
+    /// `NAME:TAG` (repeatable; the first wins a key).
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
     /// Write the image ID (the config digest) to this file.
@@ -238,6 +241,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         let _runtime = runtime.enter();
         Arc::new(RemoteRecords::load(
             store.clone(),
+            registry.clone(),
             cache_from,
             |location, error| {
                 eprintln!("warning: --cache-from {location}: {error}; building without it")
@@ -336,7 +340,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         };
         export_build_cache(
             &runtime,
-            &store,
+            (&store, &registry),
             remote.as_deref(),
             (&lowered.graph, &solution, target.root),
             spec,
@@ -413,7 +417,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
 /// Writes the records `spec` selects to its location, fetching the imported layers they name.
 fn export_build_cache(
     runtime: &tokio::runtime::Runtime,
-    store: &Store,
+    (store, registry): (&Store, &Registry),
     remote: Option<&RemoteRecords>,
     (graph, solution, target): (&BuildGraph, &Solution, imgb_builder::graph::VertexId),
     spec: &CacheExportSpec,
@@ -428,7 +432,13 @@ fn export_build_cache(
         }
     }
     let content = cache_content(&steps, None::<&Filesystem>).finish();
-    export_cache(store, location, content, spec.compression)?;
+    runtime.block_on(export_cache(
+        store,
+        registry,
+        location,
+        content,
+        spec.compression,
+    ))?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! The `--cache-to` / `--cache-from` values of `imgb build`, in buildx's CSV syntax:
 //!
 //! - `type=local,dest=DIR` / `type=local,src=DIR`: a cache directory (an OCI layout);
+//! - `type=registry,ref=NAME[:TAG]`: a cache manifest in a registry (`--cache-from NAME` alone
+//!   means the same, as in buildx);
 //! - `type=inline` (to only): the cache metadata in the built image's config, read back with
 //!   `--cache-from type=registry,ref=IMAGE`;
 //! - `--cache-to` also takes `mode=min|max` (min, the default: the steps of the exported
@@ -10,9 +12,9 @@
 
 use anyhow::{Result, anyhow, bail};
 use imgb_builder::solve::ExportMode;
-use imgb_cache::Compression;
 use imgb_cache::build_cache::CacheLocation;
 use imgb_cache::output::{compression_named, split_csv};
+use imgb_cache::{Compression, Reference};
 use std::path::PathBuf;
 
 /// Where `--cache-to` writes.
@@ -74,18 +76,32 @@ fn location(
                 .ok_or_else(|| anyhow!("{option} {spec}: type=local needs {path_key}=DIR"))?;
             Ok(CacheLocation::Directory(PathBuf::from(dir)))
         }
-        Some(other) => bail!("{option} {spec}: unknown type {other:?} (valid: local, inline)"),
+        Some("registry") => {
+            let name = value(fields, "ref")
+                .ok_or_else(|| anyhow!("{option} {spec}: type=registry needs ref=NAME[:TAG]"))?;
+            let reference = Reference::parse(name)
+                .map_err(|error| anyhow!("{option} {spec}: ref={name}: {error}"))?;
+            Ok(CacheLocation::Registry(reference))
+        }
+        Some(other) => {
+            bail!("{option} {spec}: unknown type {other:?} (valid: local, registry, inline)")
+        }
         None => bail!("{option} {spec}: missing type="),
     }
 }
 
 pub fn parse_cache_from(spec: &str) -> Result<CacheLocation> {
-    let fields = fields("--cache-from", spec, &["type", "src"])?;
+    if !spec.contains('=') {
+        let reference =
+            Reference::parse(spec).map_err(|error| anyhow!("--cache-from {spec}: {error}"))?;
+        return Ok(CacheLocation::Registry(reference));
+    }
+    let fields = fields("--cache-from", spec, &["type", "src", "ref"])?;
     location("--cache-from", spec, &fields, "src")
 }
 
 pub fn parse_cache_to(spec: &str) -> Result<CacheExportSpec> {
-    const KEYS: &[&str] = &["type", "dest", "mode", "compression"];
+    const KEYS: &[&str] = &["type", "dest", "ref", "mode", "compression"];
     let fields = fields("--cache-to", spec, KEYS)?;
     let destination = if value(&fields, "type") == Some("inline") {
         CacheDestination::Inline
@@ -153,6 +169,22 @@ mod tests {
         let error = parse_cache_from("type=local,dest=/c")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("valid keys: type, src"), "{error}");
+        assert!(error.contains("valid keys: type, src, ref"), "{error}");
+        let registry =
+            CacheLocation::Registry(Reference::parse("127.0.0.1:5000/app:cache").unwrap());
+        assert_eq!(
+            parse_cache_from("type=registry,ref=127.0.0.1:5000/app:cache").unwrap(),
+            registry
+        );
+        assert_eq!(
+            parse_cache_from("127.0.0.1:5000/app:cache").unwrap(),
+            registry
+        );
+        assert!(
+            parse_cache_to("type=registry")
+                .unwrap_err()
+                .to_string()
+                .contains("ref=")
+        );
     }
 }

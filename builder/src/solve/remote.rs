@@ -3,7 +3,7 @@
 //!
 //! [`RemoteRecords`] is the solver's second record source, consulted only after the local
 //! records miss:
-//! - Every location is read on its own blocking thread as soon as the build starts; a step the
+//! - Every location is read on its own task as soon as the build starts; a step the
 //!   local records serve never waits for them, a step that misses locally waits until all
 //!   locations have answered. A location that cannot be read is a warning and adds nothing.
 //! - A remote hit yields the recorded filesystem without copying anything: layer blobs are
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use imgb_cache::build_cache::{
     BuildCacheError, CacheBuilder, CacheLayer, CacheLocation, ImportedCache, import_cache,
 };
+use imgb_cache::registry::Registry;
 use imgb_cache::{Digest, Store};
 use tokio::sync::watch;
 
@@ -50,8 +51,6 @@ pub enum RemoteError {
     BlobUnavailable { digest: Digest },
     #[error("fetching a cached layer: {0}")]
     Fetch(#[from] BuildCacheError),
-    #[error("internal error: {0}")]
-    Panicked(String),
 }
 
 /// The records of every `--cache-from` location, by key.
@@ -103,19 +102,24 @@ impl RemoteRecords {
     /// location that cannot be read; the build goes on without it.
     pub fn load(
         store: Store,
+        registry: Registry,
         locations: Vec<CacheLocation>,
         warn: impl Fn(&CacheLocation, &BuildCacheError) + Send + Sync + 'static,
     ) -> Self {
         let (sender, index) = watch::channel(None);
         let warn = Arc::new(warn);
+        let loader_store = store.clone();
         tokio::spawn(async move {
             let reads = locations.into_iter().map(|location| {
-                let warn = Arc::clone(&warn);
-                tokio::task::spawn_blocking(move || match import_cache(&location) {
-                    Ok(cache) => Some(cache),
-                    Err(error) => {
-                        warn(&location, &error);
-                        None
+                let (warn, store, registry) =
+                    (Arc::clone(&warn), loader_store.clone(), registry.clone());
+                tokio::spawn(async move {
+                    match import_cache(&location, &store, &registry).await {
+                        Ok(cache) => Some(cache),
+                        Err(error) => {
+                            warn(&location, &error);
+                            None
+                        }
                     }
                 })
             });
@@ -169,22 +173,17 @@ impl RemoteRecords {
             return Ok(());
         }
         let index = self.index().await;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            for blob in missing {
-                let cache =
-                    index
-                        .blobs
-                        .get(&blob.digest)
-                        .ok_or_else(|| RemoteError::BlobUnavailable {
-                            digest: blob.digest.clone(),
-                        })?;
-                cache.fetch_blob(&store, &blob)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|error| RemoteError::Panicked(error.to_string()))?
+        for blob in missing {
+            let cache =
+                index
+                    .blobs
+                    .get(&blob.digest)
+                    .ok_or_else(|| RemoteError::BlobUnavailable {
+                        digest: blob.digest.clone(),
+                    })?;
+            cache.fetch_blob(&self.store, &blob).await?;
+        }
+        Ok(())
     }
 
     /// Writes a local record for each remembered hit whose blobs are all local now; returns

@@ -1,5 +1,10 @@
 use super::*;
 use crate::oci::media_type;
+use crate::registry::RegistryConfig;
+
+fn registry() -> Registry {
+    Registry::new(RegistryConfig::from_env())
+}
 
 /// A store with two uncompressed layers, and a cache naming them in two records.
 fn cache_with_two_layers(dir: &Path) -> (Store, CacheContent) {
@@ -25,8 +30,8 @@ fn cache_with_two_layers(dir: &Path) -> (Store, CacheContent) {
     (store, builder.finish())
 }
 
-#[test]
-fn directory_cache_round_trips_and_shares_layers_between_records() {
+#[tokio::test]
+async fn directory_cache_round_trips_and_shares_layers_between_records() {
     let dir = tempfile::tempdir().unwrap();
     let (store, content) = cache_with_two_layers(dir.path());
     assert_eq!(
@@ -36,25 +41,27 @@ fn directory_cache_round_trips_and_shares_layers_between_records() {
     );
     assert_eq!(content.config.records.len(), 2);
     let location = CacheLocation::Directory(dir.path().join("cache"));
-    let manifest = export_cache(&store, &location, content.clone(), None).unwrap();
+    let manifest = export_cache(&store, &registry(), &location, content.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(manifest.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
 
-    let imported = import_cache(&location).unwrap();
+    let imported = import_cache(&location, &store, &registry()).await.unwrap();
     assert_eq!(imported.content, content);
     let (record, layers) = imported.content.records().nth(1).unwrap();
     assert_eq!(record.name, "[s 2/2] RUN two");
     assert_eq!(layers[1].diff_id, content.config.diff_ids[1]);
 
     let other = Store::open(dir.path().join("other")).unwrap();
-    imported.fetch_blob(&other, &layers[1].blob).unwrap();
+    imported.fetch_blob(&other, &layers[1].blob).await.unwrap();
     assert_eq!(
         other.read_blob(&layers[1].blob.digest).unwrap(),
         b"second layer"
     );
 }
 
-#[test]
-fn recompressed_export_keeps_diff_ids_and_changes_only_descriptors() {
+#[tokio::test]
+async fn recompressed_export_keeps_diff_ids_and_changes_only_descriptors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("root")).unwrap();
     // An empty tar: two zero blocks.
@@ -69,12 +76,14 @@ fn recompressed_export_keeps_diff_ids_and_changes_only_descriptors() {
     let location = CacheLocation::Directory(dir.path().join("cache"));
     export_cache(
         &store,
+        &registry(),
         &location,
         builder.finish(),
         Some(Compression::GZIP_DEFAULT),
     )
+    .await
     .unwrap();
-    let imported = import_cache(&location).unwrap();
+    let imported = import_cache(&location, &store, &registry()).await.unwrap();
     assert_eq!(imported.content.config.diff_ids, vec![layer.diff_id]);
     assert_eq!(
         imported.content.layers[0].media_type,
@@ -83,13 +92,15 @@ fn recompressed_export_keeps_diff_ids_and_changes_only_descriptors() {
     assert_ne!(imported.content.layers[0].digest, layer.blob.digest);
 }
 
-#[test]
-fn tampered_cache_blobs_are_refused() {
+#[tokio::test]
+async fn tampered_cache_blobs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (store, content) = cache_with_two_layers(dir.path());
     let cache_dir = dir.path().join("cache");
     let location = CacheLocation::Directory(cache_dir.clone());
-    export_cache(&store, &location, content.clone(), None).unwrap();
+    export_cache(&store, &registry(), &location, content.clone(), None)
+        .await
+        .unwrap();
 
     let layer = &content.layers[0];
     std::fs::write(
@@ -98,8 +109,8 @@ fn tampered_cache_blobs_are_refused() {
     )
     .unwrap();
     let other = Store::open(dir.path().join("other")).unwrap();
-    let imported = import_cache(&location).unwrap();
-    let error = imported.fetch_blob(&other, layer).unwrap_err();
+    let imported = import_cache(&location, &store, &registry()).await.unwrap();
+    let error = imported.fetch_blob(&other, layer).await.unwrap_err();
     assert!(
         matches!(error, BuildCacheError::DigestMismatch { .. }),
         "{error}"
@@ -109,10 +120,12 @@ fn tampered_cache_blobs_are_refused() {
         "nothing unverified is stored"
     );
 
-    let config = import_cache(&location).unwrap();
+    let config = import_cache(&location, &store, &registry()).await.unwrap();
     let config_digest = Digest::of(&canonical_json(&config.content.config).unwrap());
     std::fs::write(cache_dir.join(layout_blob_path(&config_digest)), b"{}").unwrap();
-    let error = import_cache(&location).unwrap_err();
+    let error = import_cache(&location, &store, &registry())
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, BuildCacheError::SizeMismatch { .. }),
         "{error}"
@@ -128,10 +141,13 @@ fn record_naming_a_layer_the_cache_lacks_is_rejected() {
     assert!(error.to_string().contains("names layer 7"), "{error}");
 }
 
-#[test]
-fn missing_cache_directory_is_not_found() {
+#[tokio::test]
+async fn missing_cache_directory_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("root")).unwrap();
     let location = CacheLocation::Directory(dir.path().join("absent"));
-    let error = import_cache(&location).unwrap_err();
+    let error = import_cache(&location, &store, &registry())
+        .await
+        .unwrap_err();
     assert!(matches!(error, BuildCacheError::NotFound { .. }), "{error}");
 }

@@ -13,6 +13,7 @@ use crate::solve::remote::{ExportMode, cache_content, exported_steps};
 use crate::solve::result::{Filesystem, ImageOrigin};
 use crate::solve::test_support::{copy, exec, stored_layer};
 use imgb_cache::build_cache::{CacheLocation, export_cache};
+use imgb_cache::registry::{Registry, RegistryConfig};
 
 /// One `execute` call, as the test executor saw it.
 #[derive(Debug, Clone)]
@@ -834,16 +835,21 @@ async fn progress_reports_each_run_in_order_with_its_output() {
 }
 
 /// Exports every keyed step of `built` to a cache directory `dir`.
-fn export_all(store: &Store, graph: &BuildGraph, built: &Built, root: VertexId, dir: &Path) {
+async fn export_all(store: &Store, graph: &BuildGraph, built: &Built, root: VertexId, dir: &Path) {
     let solution = built.outcome.as_ref().expect("the build succeeds");
     let steps = exported_steps(graph, solution, root, ExportMode::Max);
     let content = cache_content(&steps, None).finish();
-    export_cache(store, &CacheLocation::Directory(dir.into()), content, None).unwrap();
+    let registry = Registry::new(RegistryConfig::from_env());
+    let location = CacheLocation::Directory(dir.into());
+    export_cache(store, &registry, &location, content, None)
+        .await
+        .unwrap();
 }
 
 fn remote_from(store: &Store, dir: &Path) -> Arc<RemoteRecords> {
     Arc::new(RemoteRecords::load(
         store.clone(),
+        Registry::new(RegistryConfig::from_env()),
         vec![CacheLocation::Directory(dir.into())],
         |location, error| eprintln!("warning: {location}: {error}"),
     ))
@@ -859,7 +865,7 @@ async fn remote_records_serve_an_empty_store_and_fetch_layers_only_to_run_on_the
     let one = run(&mut graph, base, "[s 1/3] RUN one", "one", &[]);
     let two = run(&mut graph, one, "[s 2/3] RUN two", "two", &[]);
     let built = build(&first, &graph, &[two]).await;
-    export_all(&first.store, &graph, &built, two, &cache);
+    export_all(&first.store, &graph, &built, two, &cache).await;
 
     let second = Arc::new(TestExecutor::new(&dir.path().join("b")));
     let remote = remote_from(&second.store, &cache);
