@@ -22,6 +22,7 @@
 //! - [`image`]: images in the store (manifest + config + layers, named).
 //! - [`import`]: OCI layout and docker-archive tars → the store, verified.
 //! - [`registry`]: the OCI distribution client (pull, push, auth, login).
+//! - [`lease`]: what running processes use, kept from [`prune`], which removes build cache.
 //! - [`output`] and [`mod@export`]: the `-o type=...` syntax and the exporters.
 //! - [`build_cache`]: the `--cache-to`/`--cache-from` exchange format and its locations.
 //!
@@ -56,9 +57,11 @@ mod images;
 pub mod import;
 pub mod layer;
 pub mod layer_source;
+pub mod lease;
 pub mod lock;
 pub mod oci;
 pub mod output;
+pub mod prune;
 pub mod reference;
 pub mod registry;
 pub mod root;
@@ -84,8 +87,10 @@ pub use layer::{
     write_layer, write_overlay_tar, write_tar,
 };
 pub use layer_source::LayerReader;
+pub use lease::{Lease, Resource};
 pub use lock::FileLock;
 pub use output::{Destination, OutputKind, OutputSpec, OutputSpecError};
+pub use prune::{PruneError, PruneOptions, PruneReport, RecordRef, Removed};
 pub use reference::{Reference, ReferenceError};
 pub use root::RootEnv;
 pub use snapshot::{SnapshotError, SnapshotLayer};

@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use crate::apply::{ApplyError, ApplyOptions, OverlayXattrs, Whiteouts, apply_layer};
 use crate::digest::Digest;
 use crate::layer::{IdMap, LayerError, OverlayTarSettings, hash_overlay_tar, write_overlay_tar};
+use crate::lease::Resource;
 use crate::lock::FileLock;
 use crate::oci::{Descriptor, media_type};
 use crate::store::{Store, StoreError, TmpDir, remove_tree};
@@ -139,8 +140,10 @@ impl Store {
         self.snapshots_dir().join(diff_id.hex())
     }
 
-    /// The snapshot of `diff_id`, if it has been made.
+    /// The snapshot of `diff_id`, if it has been made; with a lease, it stays while the lease
+    /// lives (one that the lease cannot name counts as absent, as in [`Store::has_blob`]).
     pub fn snapshot(&self, diff_id: &Digest) -> Option<PathBuf> {
+        self.protect(&Resource::Snapshot(diff_id.clone())).ok()?;
         let path = self.snapshot_path(diff_id);
         path.is_dir().then_some(path)
     }
@@ -224,6 +227,8 @@ impl Store {
         )
         .map_err(tar_error)?;
         let layer = SnapshotLayer { diff_id, tar_size };
+        // Before looking: an existing snapshot this step reuses must stay, as must ours.
+        self.protect(&Resource::Snapshot(layer.diff_id.clone()))?;
         let path = self.snapshot_path(&layer.diff_id);
         let _lock = FileLock::exclusive(&self.lock_path(&layer.diff_id))?;
         if path.is_dir() {
@@ -279,6 +284,7 @@ impl Store {
         layer: &Descriptor,
         diff_id: &Digest,
     ) -> Result<PathBuf, SnapshotError> {
+        self.protect(&Resource::Snapshot(diff_id.clone()))?;
         let path = self.snapshot_path(diff_id);
         if path.is_dir() {
             return Ok(path);

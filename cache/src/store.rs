@@ -10,6 +10,7 @@
 //! contexts/            build-context stat caches
 //! mounts/              RUN --mount=type=cache volumes
 //! compressed/          <diffID hex>.<compression> -> descriptor of that layer's compressed blob
+//! leases/              what running processes use, kept from prune (see [`crate::lease`])
 //! tmp/                 staging area; same filesystem, so renames out of it are atomic
 //! ```
 //!
@@ -29,7 +30,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::compress::Compression;
+use std::sync::Arc;
+
 use crate::digest::{Digest, Hasher, HashingWriter};
+use crate::lease::{Lease, Resource};
 
 /// Subdirectories created by [`Store::open`].
 const LAYOUT: &[&str] = &[
@@ -40,13 +44,16 @@ const LAYOUT: &[&str] = &[
     "contexts",
     "mounts",
     "compressed",
+    crate::lease::LEASES_DIR,
     "tmp",
 ];
 
-/// An opened state directory.
+/// An opened state directory, optionally with a [`Lease`] that every blob and snapshot it
+/// reads or writes is added to.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    lease: Option<Arc<Lease>>,
 }
 
 /// A blob that is durable in the store.
@@ -127,11 +134,23 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(StoreError::io("create directory", &path))?;
         }
-        Ok(Self { root })
+        Ok(Self { root, lease: None })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub(crate) fn with_lease(&self, lease: Lease) -> Store {
+        Store {
+            root: self.root.clone(),
+            lease: Some(Arc::new(lease)),
+        }
+    }
+
+    /// The lease this store adds what it uses to, if any.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_deref()
     }
 
     /// The staging directory (same filesystem as everything else).
@@ -179,8 +198,11 @@ impl Store {
             .join(digest.hex())
     }
 
+    /// Whether the blob is stored; with a lease, it stays stored while the lease lives. A blob
+    /// the lease cannot name (its file is unwritable) counts as absent, so the caller writes
+    /// or rebuilds it rather than relying on something prune may remove.
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        self.protect(&Resource::Blob(digest.clone())).is_ok() && self.blob_path(digest).is_file()
     }
 
     /// Starts streaming a new blob into `tmp/`.
@@ -207,6 +229,7 @@ impl Store {
         digest: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobReader, StoreError> {
+        self.protect(&Resource::Blob(digest.clone()))?;
         let path = self.blob_path(digest);
         let file = File::open(&path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
@@ -319,9 +342,8 @@ impl BlobWriter {
                 actual: digest,
             });
         }
-        let path = self.store.blob_path(&digest);
-        if !path.is_file() {
-            tmp.persist(&path)?;
+        if !self.store.has_blob(&digest) {
+            tmp.persist(&self.store.blob_path(&digest))?;
         }
         Ok(BlobInfo { digest, size })
     }
