@@ -3,6 +3,7 @@
 use crate::check::{self, CheckArgs};
 use crate::commands::build::{self, BuildArgs};
 use crate::commands::images::{self, DuArgs, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
+use crate::commands::prune::{self, PruneArgs};
 use crate::commands::registry::{self, LoginArgs, LogoutArgs, PullArgs, PushArgs};
 use crate::commands::run::{self, RunArgs};
 use anyhow::{Context, Result};
@@ -55,6 +56,8 @@ enum Command {
     Login(LoginArgs),
     /// Remove a registry's credentials from imgb's auth file.
     Logout(LogoutArgs),
+    /// Remove build cache: what named images do not use, or all of it (`--all`).
+    Prune(PruneArgs),
     /// Run a command in an ephemeral container from an image (nothing is kept).
     Run(RunArgs),
     /// The container init stages, which the runner re-executes imgb with.
@@ -86,6 +89,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Inspect(args) => images::inspect(cli.root, &args),
         Command::Rm(args) => images::rm(cli.root, &args),
         Command::Du(args) => images::du(cli.root, &args),
+        Command::Prune(args) => prune::prune(cli.root, &args),
         Command::Run(args) => run::run(cli.root, &args),
         Command::Pull(args) => registry::pull(cli.root, &args),
         Command::Push(args) => registry::push(cli.root, &args),

@@ -44,7 +44,8 @@ const SNAPSHOT_SIDECARS: [&str; 2] = [".lock", ".json"];
 pub enum RecordRef {
     /// A blob that must be stored (an image's manifest or config).
     Blob(Digest),
-    /// A layer: usable while its blob or its snapshot exists; prune keeps both.
+    /// A layer: usable while its blob exists, or its snapshot when the blob is the uncompressed
+    /// tar (digest = diffID) rebuilt from it; prune keeps both.
     Layer { diff_id: Digest, blob: Digest },
 }
 
@@ -193,8 +194,10 @@ impl Plan {
             let valid = references.as_ref().is_ok_and(|refs| {
                 refs.iter().all(|reference| match reference {
                     RecordRef::Blob(digest) => blobs.contains_key(digest.hex()),
+                    // As `Store::has_layer`: a snapshot stands in for an uncompressed blob.
                     RecordRef::Layer { diff_id, blob } => {
-                        blobs.contains_key(blob.hex()) || snapshots.contains_key(diff_id.hex())
+                        blobs.contains_key(blob.hex())
+                            || (blob == diff_id && snapshots.contains_key(diff_id.hex()))
                     }
                 })
             });
@@ -341,7 +344,14 @@ impl Plan {
         }
 
         plan.leftovers(store, leases, &mut sizes)?;
-        plan.stale_bookkeeping(store, &kept, &gone, &removed_records, &snapshots)?;
+        plan.stale_bookkeeping(
+            store,
+            options.all,
+            &kept,
+            &gone,
+            &removed_records,
+            &snapshots,
+        )?;
         Ok(plan)
     }
 
@@ -371,11 +381,13 @@ impl Plan {
         Ok(())
     }
 
-    /// `records/by-name` entries naming records that will not exist, and the lock and settings
-    /// files of snapshots that will not exist and nobody protects.
+    /// `records/by-name` entries naming records that will not exist, context listings
+    /// (`records/contexts/`, for miss explanations) when all cache goes, and the lock and
+    /// settings files of snapshots that will not exist and nobody protects.
     fn stale_bookkeeping(
         &mut self,
         store: &Store,
+        all: bool,
         kept: &HashSet<Resource>,
         gone: &HashSet<Resource>,
         removed_records: &HashSet<String>,
@@ -389,6 +401,11 @@ impl Plan {
             if !exists || removed_records.contains(record) {
                 self.bookkeeping.push(entry.path);
             }
+        }
+        if all {
+            let listings = listing(&store.records_dir().join("contexts"), mtime)?;
+            self.bookkeeping
+                .extend(listings.into_values().map(|entry| entry.path));
         }
         for (name, entry) in snapshots {
             let Some(hex) = SNAPSHOT_SIDECARS

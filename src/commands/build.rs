@@ -4,6 +4,7 @@ use crate::check::{FrontendArgs, LoadedDockerfile};
 use crate::commands::cache_opts::{
     CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
 };
+use crate::commands::open_leased_store;
 use crate::commands::progress::{Built, Explainer, Progress, ProgressMode};
 use crate::commands::registry::{RegistryArgs, oci_platform, push_image};
 use anyhow::{Context, Result, anyhow, bail};
@@ -19,7 +20,7 @@ use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::registry::Registry;
 use imgb_cache::{
-    Destination, ImageError, OutputKind, OutputSpec, Reference, RootEnv, Store, export,
+    Destination, ImageError, OutputKind, OutputSpec, Reference, Resource, Store, export,
 };
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
@@ -134,9 +135,9 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let root = RootEnv::from_process(root).resolve()?;
-    let store = Store::open(&root)
-        .with_context(|| format!("opening the state directory {}", root.display()))?;
+    // Everything the build reads or writes through `store` is named in its lease, so a
+    // concurrent `imgb prune` leaves it alone.
+    let store = open_leased_store(root, "build")?;
 
     let plan = match BuildPlan::new(&loaded.dockerfile, &loaded.options) {
         Ok(plan) => plan,
@@ -479,7 +480,9 @@ fn hash_build_context(
     loaded: &LoadedDockerfile,
 ) -> Result<imgb_builder::context::HashedContext> {
     let path = &loaded.context;
-    let cache_dir = store.root().join("contexts").join(context_cache_id(path)?);
+    let stat_cache = Resource::ContextCache(context_cache_id(path)?);
+    store.protect(&stat_cache)?;
+    let cache_dir = stat_cache.path(store);
     let filter: &dyn PathFilter = match &loaded.ignore {
         Some(rules) => rules,
         None => &IncludeAll,

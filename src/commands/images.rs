@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use imgb_cache::oci::{History, ImageConfig};
-use imgb_cache::{OutputSpec, Reference, RootEnv, Store, StoredImage};
+use imgb_cache::{OutputSpec, Reference, StoredImage};
+
+use crate::commands::prune::estimate_default_prune;
+use crate::commands::{open_leased_store, open_store};
 use serde_json::{Value, json};
 
 use crate::commands::registry::{RegistryArgs, fetch_layers};
@@ -73,13 +76,8 @@ pub struct RmArgs {
     images: Vec<String>,
 }
 
-pub(crate) fn open_store(root: Option<PathBuf>) -> Result<Store> {
-    let root = RootEnv::from_process(root).resolve()?;
-    Store::open(&root).with_context(|| format!("opening the state directory {}", root.display()))
-}
-
 pub fn load(root: Option<PathBuf>, args: &LoadArgs) -> Result<ExitCode> {
-    let store = open_store(root)?;
+    let store = open_leased_store(root, "load")?;
     let input: Box<dyn Read> = match &args.input {
         Some(path) if path.as_os_str() != "-" => Box::new(BufReader::new(
             File::open(path).with_context(|| format!("opening {}", path.display()))?,
@@ -107,7 +105,7 @@ pub fn load(root: Option<PathBuf>, args: &LoadArgs) -> Result<ExitCode> {
 
 pub fn save(root: Option<PathBuf>, args: &SaveArgs) -> Result<ExitCode> {
     let spec = OutputSpec::parse(&args.output)?;
-    let store = open_store(root)?;
+    let store = open_leased_store(root, "save")?;
     let (name, image) = store.find_image(&args.image)?;
     let default_names: Vec<Reference> = name.filter(|n| n.digest().is_none()).into_iter().collect();
     fetch_layers(&args.registry, &store, &image)?;
@@ -127,37 +125,61 @@ pub fn save(root: Option<PathBuf>, args: &SaveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `imgb du`: disk usage of the state directory by kind.
+/// `imgb du`: disk usage of the state directory by kind, and what `imgb prune` would reclaim.
 pub fn du(root: Option<PathBuf>, args: &DuArgs) -> Result<ExitCode> {
     let store = open_store(root)?;
     let usage = store
         .usage()
         .with_context(|| format!("measuring {}", store.root().display()))?;
+    let estimate = estimate_default_prune(&store)?;
+    let reclaimable = |kind: &str| -> u64 {
+        estimate
+            .removed
+            .iter()
+            .filter(|item| item.kind == kind)
+            .map(|item| item.bytes)
+            .sum()
+    };
     let total: u64 = usage.iter().map(|(_, kind)| kind.bytes).sum();
     match args.format {
         ListFormat::Json => {
             let kinds: Vec<Value> = usage
                 .iter()
-                .map(|(name, kind)| json!({"kind": name, "items": kind.items, "bytes": kind.bytes}))
+                .map(|(name, kind)| {
+                    json!({
+                        "kind": name,
+                        "items": kind.items,
+                        "bytes": kind.bytes,
+                        "reclaimable_bytes": reclaimable(name),
+                    })
+                })
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"kinds": kinds, "total_bytes": total}))?
-            );
+            let document = json!({
+                "kinds": kinds,
+                "total_bytes": total,
+                "reclaimable_bytes": estimate.reclaimed(),
+            });
+            println!("{}", serde_json::to_string_pretty(&document)?);
         }
         ListFormat::Table => {
-            let mut rows: Vec<[String; 3]> = usage
+            let mut rows: Vec<[String; 4]> = usage
                 .iter()
                 .map(|(name, kind)| {
                     [
                         name.to_string(),
                         kind.items.to_string(),
                         human_size(kind.bytes),
+                        human_size(reclaimable(name)),
                     ]
                 })
                 .collect();
-            rows.push(["total".to_string(), String::new(), human_size(total)]);
-            print_table(["KIND", "ITEMS", "SIZE"], &rows);
+            rows.push([
+                "total".to_string(),
+                String::new(),
+                human_size(total),
+                human_size(estimate.reclaimed()),
+            ]);
+            print_table(["KIND", "ITEMS", "SIZE", "RECLAIMABLE"], &rows);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -229,7 +251,7 @@ pub fn inspect(root: Option<PathBuf>, args: &InspectArgs) -> Result<ExitCode> {
 }
 
 pub fn rm(root: Option<PathBuf>, args: &RmArgs) -> Result<ExitCode> {
-    let store = open_store(root)?;
+    let store = open_leased_store(root, "rm")?;
     for query in &args.images {
         let removed = store.remove_image(query)?;
         if removed.is_empty() {
@@ -264,7 +286,7 @@ fn history_with_layers(image: &StoredImage) -> Vec<Value> {
 }
 
 /// Three significant digits in decimal units, as `docker images` shows sizes.
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -285,7 +307,7 @@ fn human_size(bytes: u64) -> String {
     format!("{number}{}", UNITS[unit])
 }
 
-fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+pub(crate) fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -15,7 +15,7 @@ use imgb_cache::oci::Platform;
 use imgb_cache::registry::{Credentials, PushedImage, Registry, RegistryConfig, auth};
 use imgb_cache::{Reference, Store, StoredImage};
 
-use crate::commands::images::open_store;
+use crate::commands::open_leased_store;
 
 /// How imgb reaches registries (shared by every command that does).
 #[derive(Debug, Clone, Default, Args)]
@@ -171,7 +171,7 @@ pub fn pull(root: Option<PathBuf>, args: &PullArgs) -> Result<ExitCode> {
         ),
         None => Platform::host(),
     };
-    let store = open_store(root)?;
+    let store = open_leased_store(root, "pull")?;
     let registry = args.registry.client([]);
     let image = runtime()?.block_on(async {
         let image = registry.pull_image(&store, &reference, &platform).await?;
@@ -185,7 +185,7 @@ pub fn pull(root: Option<PathBuf>, args: &PullArgs) -> Result<ExitCode> {
 }
 
 pub fn push(root: Option<PathBuf>, args: &PushArgs) -> Result<ExitCode> {
-    let store = open_store(root)?;
+    let store = open_leased_store(root, "push")?;
     let (name, image) = store.find_image(&args.image)?;
     let destinations = if args.destinations.is_empty() {
         vec![name.ok_or_else(|| {

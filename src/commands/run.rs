@@ -13,10 +13,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::commands::open_leased_store;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use imgb_cache::oci::ContainerConfig;
-use imgb_cache::{RootEnv, Store};
 use imgb_runner::{
     InitProgram, Network, OutputLine, OutputStream, RunError, RunSpec, RunStatus, Runner,
 };
@@ -67,9 +67,7 @@ pub struct RunArgs {
 }
 
 pub fn run(root: Option<PathBuf>, args: &RunArgs) -> Result<ExitCode> {
-    let root = RootEnv::from_process(root).resolve()?;
-    let store = Store::open(&root)
-        .with_context(|| format!("opening the state directory {}", root.display()))?;
+    let store = open_leased_store(root, "run")?;
     let (_, image) = store.find_image(&args.image).with_context(|| {
         format!(
             "finding image {:?} (hint: `imgb images` lists them; `imgb load` adds one)",

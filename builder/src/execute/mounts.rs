@@ -20,7 +20,7 @@ use crate::file_ops::{SourceRoot, apply_file_actions};
 use crate::graph::{CacheSharing, ExecMount, ExecOp, FileAction};
 use crate::layered::LayeredView;
 use crate::solve::{ExecError, Filesystem, Job, Solved};
-use imgb_cache::{Digest, FileLock, Store};
+use imgb_cache::{Digest, FileLock, Resource, Store};
 use imgb_runner::{Mount, MountKind};
 use std::collections::BTreeMap;
 use std::fs;
@@ -288,7 +288,10 @@ fn cache_key(id: &str, mode: u32, owner: (u32, u32), seed: Option<(&Filesystem, 
 
 /// Locks the cache instance `request` may use and makes sure it exists; returns its directory.
 fn acquire_cache(store: &Store, request: CacheRequest) -> Result<(PathBuf, FileLock), ExecError> {
-    let dir = store.root().join("mounts").join(request.key.hex());
+    // Named in the build's lease first: `imgb prune --all` leaves a cache in use alone.
+    let volume = Resource::CacheMount(request.key.hex().to_owned());
+    store.protect(&volume).map_err(failed)?;
+    let dir = volume.path(store);
     fs::create_dir_all(&dir).map_err(failed)?;
     let instance = |n: usize| (dir.join(n.to_string()), dir.join(format!("{n}.lock")));
     let (path, lock) = match request.sharing {

@@ -40,6 +40,7 @@ pub use key::{
 pub use listing::{ContextListing, FileChanges, ListedKind, PathSample};
 pub use records::{
     Found, Lookup, MissReason, Position, Record, RecordError, RecordProblem, RecordStore,
+    record_references,
 };
 pub use remote::{ExportMode, RemoteError, RemoteRecords, cache_content, exported_steps};
 pub use result::{Filesystem, ImageOrigin, LayerRef, Solved, SolvedInput};

@@ -30,7 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use imgb_cache::{Digest, Store};
+use imgb_cache::{Digest, RecordRef, Resource, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::solve::key::{CacheKey, Change, ChangeDetail, INSTRUCTION, KeyExplanation};
@@ -88,6 +88,32 @@ pub fn step_identity(name: &str) -> &str {
         .and_then(|rest| rest.split_once(']'))
         .and_then(|(bracket, _)| bracket.rsplit_once('/'))
         .map_or(name, |(stage_and_step, _total)| stage_and_step)
+}
+
+/// What the record file `bytes` needs, for `imgb prune` (which owns no record format): its
+/// layers (blob or snapshot) and the image documents it names. An unreadable record or one of
+/// another version is an error, so prune removes it as a lookup would.
+pub fn record_references(bytes: &[u8]) -> Result<Vec<RecordRef>, String> {
+    let record: Record = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+    if record.version != RECORD_VERSION {
+        return Err(format!(
+            "record version {}, expected {RECORD_VERSION}",
+            record.version
+        ));
+    }
+    let Solved::Filesystem(filesystem) = record.result else {
+        return Ok(Vec::new());
+    };
+    let layers = filesystem.layers.into_iter().map(|layer| RecordRef::Layer {
+        diff_id: layer.diff_id,
+        blob: layer.blob.digest,
+    });
+    let image = filesystem
+        .image
+        .into_iter()
+        .flat_map(|origin| [origin.manifest, origin.config])
+        .map(RecordRef::Blob);
+    Ok(layers.chain(image).collect())
 }
 
 /// Why a record cannot be used.
@@ -203,6 +229,9 @@ pub enum RecordError {
          (hint: a record may only name stored blobs; the step's executor must store its layers first)"
     )]
     BlobNotStored { key: CacheKey, digest: Digest },
+    /// Naming the record in the build's lease failed.
+    #[error(transparent)]
+    Lease(#[from] StoreError),
 }
 
 impl RecordError {
@@ -231,6 +260,13 @@ impl RecordStore {
         self.store.records_dir().join(key.digest().hex())
     }
 
+    /// Keeps the record of `key` from prune for the rest of the build's lease and marks it
+    /// used: a hit refreshes its place in `imgb prune --keep-storage`'s LRU order.
+    fn protect(&self, key: &CacheKey) -> Result<(), RecordError> {
+        let name = key.digest().hex().to_owned();
+        Ok(self.store.protect(&Resource::Record(name))?)
+    }
+
     fn index_path(&self, position: &Position) -> PathBuf {
         self.store
             .records_dir()
@@ -240,6 +276,7 @@ impl RecordStore {
 
     /// The usable record for `key`, if any. An unusable one is removed (see the module docs).
     pub fn lookup(&self, key: &CacheKey) -> Result<Lookup, RecordError> {
+        self.protect(key)?;
         let path = self.record_path(key);
         let Some((bytes, file_id)) = read_if_exists(&path)? else {
             return Ok(Lookup::Miss);
@@ -269,6 +306,7 @@ impl RecordStore {
 
     /// Stores `record` durably; refuses one that names a blob the store does not hold.
     pub fn write(&self, record: &Record) -> Result<(), RecordError> {
+        self.protect(&record.key)?;
         if let Some(digest) = record.result.missing_from(&self.store) {
             return Err(RecordError::BlobNotStored {
                 key: record.key.clone(),

@@ -189,6 +189,9 @@ fn all_removes_every_record_mount_and_context_but_not_images() {
     fixture.record("in-image", &[&base]);
     fs::create_dir_all(fixture.store.root().join("mounts/m/sub")).unwrap();
     fs::write(fixture.store.root().join("contexts/c"), b"stat cache").unwrap();
+    let listings = fixture.store.records_dir().join("contexts");
+    fs::create_dir_all(&listings).unwrap();
+    fs::write(listings.join("selection"), b"listing").unwrap();
     let report = fixture.prune(&PruneOptions {
         all: true,
         ..options()
@@ -196,6 +199,7 @@ fn all_removes_every_record_mount_and_context_but_not_images() {
     assert_eq!(removed_ids(&report, "cache records"), ["in-image"]);
     assert_eq!(removed_ids(&report, "cache mounts"), ["m"]);
     assert_eq!(removed_ids(&report, "context stat caches"), ["c"]);
+    assert!(!listings.join("selection").exists());
     assert_eq!(fixture.has_layer(&base), (true, true));
 }
 

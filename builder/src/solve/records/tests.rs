@@ -382,3 +382,61 @@ fn context_listings_are_kept_once_per_selection_and_name_changed_files() {
         .unwrap();
     assert_eq!(unknown[0].to_string(), "context files changed");
 }
+
+#[test]
+fn a_hit_keeps_the_record_and_its_layer_from_prune_until_the_build_ends() {
+    let (_dir, records) = temp_records();
+    let written = record(&records, "make", "layer");
+    records.write(&written).unwrap();
+    let store = records.store().clone();
+    let all = imgb_cache::PruneOptions {
+        all: true,
+        until: None,
+        keep_storage: None,
+        record_references,
+    };
+    let build = RecordStore::new(store.leased("build").unwrap());
+    assert_eq!(
+        build.lookup(&written.key).unwrap(),
+        Lookup::Hit(written.clone())
+    );
+    assert!(store.prune(&all).unwrap().removed.is_empty());
+    assert_eq!(
+        build.lookup(&written.key).unwrap(),
+        Lookup::Hit(written.clone())
+    );
+
+    drop(build);
+    let removed = store.prune(&all).unwrap().removed;
+    let kinds: Vec<&str> = removed.iter().map(|item| item.kind).collect();
+    assert_eq!(kinds, ["cache records", "blobs"]);
+    assert_eq!(records.lookup(&written.key).unwrap(), Lookup::Miss);
+}
+
+#[test]
+fn record_references_name_layers_and_image_documents() {
+    let (_dir, records) = temp_records();
+    let layer = stored_layer(records.store(), "content");
+    let origin = crate::solve::result::ImageOrigin {
+        manifest: Digest::of(b"manifest"),
+        config: Digest::of(b"config"),
+    };
+    let result = Solved::Filesystem(Filesystem {
+        layers: vec![layer.clone()],
+        image: Some(origin.clone()),
+    });
+    let written = Record::new("base", explanation(&exec("x", &[]), &[]), result);
+    let references = record_references(&serde_json::to_vec(&written).unwrap()).unwrap();
+    assert_eq!(
+        references,
+        [
+            RecordRef::Layer {
+                diff_id: layer.diff_id,
+                blob: layer.blob.digest,
+            },
+            RecordRef::Blob(origin.manifest),
+            RecordRef::Blob(origin.config),
+        ]
+    );
+    assert!(record_references(b"{}").is_err());
+}
