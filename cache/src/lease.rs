@@ -110,12 +110,14 @@ impl Resource {
     }
 }
 
-/// A held lease; dropping it ends the lease (a crash ends it too, see the module docs).
+/// A held lease; dropping it ends the lease (a crash ends it too, see the module docs). A
+/// joined lease ([`Lease::join`]) adds to another process's lease and ends nothing.
 #[derive(Debug)]
 pub struct Lease {
     leases_dir: PathBuf,
     path: PathBuf,
-    _held: FileLock,
+    /// The owner's lock; `None` for a joined lease.
+    held: Option<FileLock>,
     /// The lease file for appending, and the resources already in it.
     state: Mutex<(File, HashSet<Resource>)>,
 }
@@ -159,7 +161,22 @@ impl Lease {
         Ok(Lease {
             leases_dir,
             path,
-            _held: held,
+            held: Some(held),
+            state: Mutex::new((file, HashSet::new())),
+        })
+    }
+
+    /// Adds to the lease at `path`, which a parent process holds for as long as this one runs
+    /// (a build's container supervisor writing the step's layer).
+    pub fn join(store: &Store, path: &Path) -> Result<Lease, StoreError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(StoreError::io("join lease", path))?;
+        Ok(Lease {
+            leases_dir: store.root().join(LEASES_DIR),
+            path: path.to_owned(),
+            held: None,
             state: Mutex::new((file, HashSet::new())),
         })
     }
@@ -177,8 +194,12 @@ impl Lease {
             return Ok(());
         }
         {
+            // One write per line: a joined lease appends to the same file from another process.
+            let line = format!("{} {}\n", resource.kind(), resource.id());
             let _gc = FileLock::shared(&self.leases_dir.join(GC_LOCK))?;
-            writeln!(state.0, "{} {}", resource.kind(), resource.id())
+            state
+                .0
+                .write_all(line.as_bytes())
                 .map_err(StoreError::io("write lease", &self.path))?;
         }
         state.1.insert(resource.clone());
@@ -190,8 +211,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        // Best effort: a file left behind is unlocked once we exit, so prune removes it.
-        let _ = fs::remove_file(&self.path);
+        if self.held.is_some() {
+            // Best effort: a file left behind is unlocked once we exit, so prune removes it.
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -224,6 +247,12 @@ impl Store {
     /// it ends when the last clone is dropped.
     pub fn leased(&self, purpose: &str) -> Result<Store, StoreError> {
         let lease = Lease::acquire(self, purpose)?;
+        Ok(self.with_lease(lease))
+    }
+
+    /// This store adding to the lease file at `path` (see [`Lease::join`]).
+    pub fn joining_lease(&self, path: &Path) -> Result<Store, StoreError> {
+        let lease = Lease::join(self, path)?;
         Ok(self.with_lease(lease))
     }
 
@@ -348,6 +377,20 @@ mod tests {
         drop(leased);
         let after = live(&store);
         assert!(after.protected.is_empty() && after.oldest_start.is_none());
+    }
+
+    #[test]
+    fn a_joined_lease_adds_to_the_owners_and_ends_with_it() {
+        let (_dir, store) = store();
+        let owner = store.leased("build").unwrap();
+        let path = owner.lease().unwrap().path().to_owned();
+        let child = store.joining_lease(&path).unwrap();
+        let blob = Resource::Blob(Digest::of(b"layer"));
+        child.protect(&blob).unwrap();
+        drop(child);
+        assert!(live(&store).protected.contains(&blob));
+        drop(owner);
+        assert!(live(&store).protected.is_empty());
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub(crate) struct ExecSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct CommitSpec {
     pub store_root: PathBuf,
+    /// The caller's lease, which the adopted snapshot joins so that prune leaves it alone.
+    pub lease: Option<PathBuf>,
     pub source_date_epoch: Option<i64>,
 }
 

@@ -301,6 +301,7 @@ impl Runner {
             },
             commit: spec.commit.as_ref().map(|commit| CommitSpec {
                 store_root: commit.store.root().to_owned(),
+                lease: commit.store.lease().map(|lease| lease.path().to_owned()),
                 source_date_epoch: commit.source_date_epoch,
             }),
         }

@@ -259,7 +259,12 @@ fn commit_layer(
     let upper = run_dir.upper();
     diff::remove_stubs(&upper, stubs, xattrs)
         .context(|| format!("removing imgb's mount stubs from {}", upper.display()))?;
-    let store = Store::open(&commit.store_root).context(|| {
+    let opened = Store::open(&commit.store_root);
+    let store = match &commit.lease {
+        Some(lease) => opened.and_then(|store| store.joining_lease(lease)),
+        None => opened,
+    }
+    .context(|| {
         format!(
             "opening the store {} for the layer",
             commit.store_root.display()
