@@ -200,11 +200,10 @@ fn interrupted_build_leftovers_in_tmp_are_removed() {
         .unwrap();
     let tmp = root.join("tmp");
     let started = std::time::Instant::now();
-    // A RUN step stages its secrets directory in tmp/ first.
+    // A RUN step stages its mounts' host files in tmp/ first.
     let running = || {
         std::fs::read_dir(&tmp).is_ok_and(|mut entries| {
-            entries
-                .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("secrets-")))
+            entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("mounts-")))
         })
     };
     while !running() {
