@@ -20,14 +20,11 @@ pub const KINDS: [(&str, &str); 6] = [
     ("temporary", "tmp"),
 ];
 
-/// The builder's index of last keys under `records/`: bookkeeping, not a record.
-const BY_NAME_INDEX: &str = "by-name";
-
 /// Usage of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KindUsage {
     /// Entries directly in the kind's directory (blobs, snapshots, records, ...), not counting
-    /// bookkeeping (lock files, the records' by-name index), whose bytes do count.
+    /// bookkeeping (lock and settings files, the records' indexes), whose bytes do count.
     pub items: u64,
     pub bytes: u64,
 }
@@ -52,8 +49,13 @@ fn usage_of(dir: &Path) -> io::Result<KindUsage> {
     };
     for entry in listing {
         let entry = entry?;
+        // Records are files: a directory among them is an index (by-name, context listings).
+        let index = dir.ends_with("records") && entry.file_type()?.is_dir();
         let name = entry.file_name();
-        let bookkeeping = name == BY_NAME_INDEX || name.as_encoded_bytes().ends_with(b".lock");
+        let sidecar = [b".lock".as_slice(), b".json"]
+            .iter()
+            .any(|suffix| name.as_encoded_bytes().ends_with(suffix));
+        let bookkeeping = index || sidecar;
         usage.items += u64::from(!bookkeeping);
         usage.bytes += tree_bytes(&entry.path(), &mut seen)?;
     }
