@@ -124,11 +124,27 @@ fn destinations_resolve_through_the_images_symlinks_inside_its_root() {
     let Some(root) = shared_root() else { return };
     let context = tree_context(&format!(
         "FROM {BASE}\n\
-         RUN mkdir /real && ln -s /real /linkdir && ln -s ../../../../outside /up\n\
+         RUN mkdir /real && ln -s /real /linkdir && ln -s ../../../../outside /up \
+             && echo old > /real/target && ln -s real/target /linkfile\n\
          COPY file.txt /linkdir/through.txt\n\
-         COPY file.txt /up/escaped.txt\n"
+         COPY file.txt /up/escaped.txt\n\
+         COPY file.txt /linkfile\n\
+         COPY dir /linkdir\n"
     ));
     let rootfs = context.rootfs(root, &[]);
+    assert_eq!(
+        fs::read_link(rootfs.join("linkfile")).unwrap(),
+        Path::new("real/target"),
+        "a destination that is a link is written through, not replaced"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("real/target")).unwrap(),
+        "f\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("real/a.txt")).unwrap(),
+        "a\n"
+    );
     assert_eq!(
         fs::read_link(rootfs.join("linkdir")).unwrap(),
         Path::new("/real")

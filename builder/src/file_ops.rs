@@ -292,7 +292,7 @@ struct Item {
 }
 
 impl Writer<'_> {
-    /// Resolves the parent of `path` through the base's symlinks, creates it in `upper` (with
+    /// Resolves `path` through the base's symlinks, creates its parent in `upper` (with
     /// the base's metadata for directories that exist there) and returns the host path `path`
     /// itself lands at.
     fn prepare_parents(
@@ -300,12 +300,11 @@ impl Writer<'_> {
         path: &str,
         created_owner: Option<(u32, u32)>,
     ) -> Result<PathBuf, FileOpError> {
-        let trimmed = path.trim_end_matches('/');
-        let (parent, name) = match trimmed.rsplit_once('/') {
-            Some((parent, name)) => (parent, name),
-            None => ("", trimmed),
-        };
-        let host = self.create_dirs(&self.resolve_dir(parent)?, created_owner)?;
+        // The path itself resolves too: a destination that is a symlink in the base is written
+        // through, as BuildKit does (`COPY f /link` changes the link's target).
+        let resolved = self.resolve_in_base(path)?;
+        let (parent, name) = resolved.rsplit_once('/').unwrap_or(("", &resolved));
+        let host = self.create_dirs(parent, created_owner)?;
         Ok(if name.is_empty() {
             host
         } else {
@@ -346,12 +345,12 @@ impl Writer<'_> {
         Ok(host)
     }
 
-    /// The path of directory `dir` inside the base with every symlink resolved, dangling ones
-    /// too (BuildKit creates their targets); components that do not exist yet are kept as
-    /// written, and `..` stops at the root.
-    fn resolve_dir(&self, dir: &str) -> Result<String, FileOpError> {
+    /// `path` inside the base with every symlink resolved, dangling ones too (BuildKit creates
+    /// their targets); components that do not exist yet are kept as written, and `..` stops at
+    /// the root.
+    fn resolve_in_base(&self, path: &str) -> Result<String, FileOpError> {
         let mut resolved: Vec<String> = Vec::new();
-        let mut pending: Vec<String> = dir.split('/').rev().map(str::to_string).collect();
+        let mut pending: Vec<String> = path.split('/').rev().map(str::to_string).collect();
         let mut hops = 0;
         while let Some(component) = pending.pop() {
             match component.as_str() {
@@ -542,7 +541,7 @@ impl Writer<'_> {
         if !is_tar_archive(open()?) {
             return Ok(false);
         }
-        let resolved = self.resolve_dir(copy.dest)?;
+        let resolved = self.resolve_in_base(copy.dest)?;
         let target = self.create_dirs(&resolved, copy.ids)?;
         let options = ApplyOptions {
             owner: copy.ids,

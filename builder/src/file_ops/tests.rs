@@ -36,8 +36,8 @@ fn context(dir: &Path) -> PathBuf {
 }
 
 /// A base image: `/etc/passwd` naming `app` (1000, primary group 60) and `/etc/group` naming
-/// `staff` (50), `/srv -> /data` with `/data` a directory owned by 7:7, and the dangling
-/// `/dangling -> ../../gone`.
+/// `staff` (50), `/srv -> /data` with `/data` a directory owned by 7:7, `/filelink ->
+/// data/file`, and the dangling `/dangling -> ../../gone`.
 fn base(dir: &Path) -> LayeredView {
     let layer = dir.join("base");
     fs::create_dir_all(layer.join("etc")).unwrap();
@@ -50,6 +50,8 @@ fn base(dir: &Path) -> LayeredView {
     fs::write(layer.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
     symlink("/data", layer.join("srv")).unwrap();
     symlink("../../gone", layer.join("dangling")).unwrap();
+    fs::write(layer.join("data/file"), "old").unwrap();
+    symlink("data/file", layer.join("filelink")).unwrap();
     rustix::fs::chown(
         layer.join("data"),
         Some(rustix::fs::Uid::from_raw(7)),
@@ -169,6 +171,26 @@ fn destination_through_a_dangling_symlink_creates_its_target_inside_the_root() {
         fs::symlink_metadata(upper.join("dangling")).is_err(),
         "the base's symlink is not replaced"
     );
+}
+
+#[test]
+fn destinations_that_are_symlinks_in_the_base_are_written_through() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let upper = run(
+        &[copy(1, &["a.txt"], "/filelink"), copy(1, &["dir"], "/srv")],
+        dir.path(),
+    );
+    assert_eq!(fs::read_to_string(upper.join("data/file")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(upper.join("data/b.txt")).unwrap(), "b");
+    for link in ["filelink", "srv"] {
+        assert!(
+            fs::symlink_metadata(upper.join(link)).is_err(),
+            "the base's {link} is not replaced"
+        );
+    }
 }
 
 #[test]
