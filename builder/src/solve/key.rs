@@ -46,7 +46,7 @@ use crate::solve::listing::FileChanges;
 use crate::solve::result::{Solved, SolvedInput};
 
 /// Bumped when equal components may no longer give equal results.
-pub const KEY_VERSION: u32 = 1;
+pub const KEY_VERSION: u32 = 2;
 
 /// The label of the definition digest.
 pub const INSTRUCTION: &str = "instruction";

@@ -61,7 +61,7 @@ fn key_is_stable_across_runs_and_machines() {
     let key = key(&exec("make", &["PATH=/bin"]), &[input(vec![layer("base")])]);
     assert_eq!(
         key.to_string(),
-        "sha256:0aad6a06124757dded47600444145ae9ec35a20ca4f5ca1ef80d8c85fd808a75"
+        "sha256:605d57f3cf7dfac8fef628a58870b3266f35c9e1d0eb7415f1f08b87fa054392"
     );
 }
 
