@@ -106,12 +106,7 @@ fn missing_stage_in_from_points_at_the_copy() {
     );
     assert_mentions(
         &text,
-        &[
-            "biuld",
-            "Dockerfile:3",
-            "3 | COPY --from=biuld /x /x",
-            "imgb load",
-        ],
+        &["biuld", "Dockerfile:3", "3 | COPY --from=biuld /x /x"],
     );
 }
 
