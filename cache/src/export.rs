@@ -37,7 +37,7 @@ use crate::oci::{
 };
 use crate::output::{Destination, OutputKind, OutputSpec};
 use crate::reference::Reference;
-use crate::store::{Store, StoreError, TmpDir};
+use crate::store::{Durability, Store, StoreError, TmpDir};
 use crate::tar_format::{EntryHeader, Kind, write_end, write_header, write_padding};
 
 const COPY_BUFFER: usize = 256 * 1024;
@@ -323,7 +323,7 @@ pub fn compressed_layer(
         kind: "compressed layer memo",
         source,
     })?;
-    store.write_small_file(&memo, &bytes)?;
+    store.write_small_file(&memo, &bytes, Durability::Synced)?;
     Ok(descriptor)
 }
 

@@ -94,4 +94,4 @@ pub use prune::{PruneError, PruneOptions, PruneReport, RecordRef, Removed};
 pub use reference::{Reference, ReferenceError};
 pub use root::RootEnv;
 pub use snapshot::{SnapshotError, SnapshotLayer};
-pub use store::{BlobInfo, BlobReader, BlobWriter, Store, StoreError};
+pub use store::{BlobInfo, BlobReader, BlobWriter, Durability, Store, StoreError};

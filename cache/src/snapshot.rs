@@ -39,7 +39,7 @@ use crate::layer::{IdMap, LayerError, OverlayTarSettings, hash_overlay_tar, writ
 use crate::lease::Resource;
 use crate::lock::FileLock;
 use crate::oci::{Descriptor, media_type};
-use crate::store::{Store, StoreError, TmpDir, remove_tree};
+use crate::store::{Durability, Store, StoreError, TmpDir, remove_tree};
 
 /// A layer held as its snapshot: what a build step yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +253,7 @@ impl Store {
         } else {
             let bytes = serde_json::to_vec(&settings)
                 .map_err(|source| io_error("encode", &settings_path)(io::Error::other(source)))?;
-            self.write_small_file(&settings_path, &bytes)?;
+            self.write_small_file(&settings_path, &bytes, Durability::Synced)?;
         }
         sync_filesystem(dir)?;
         fs::rename(dir, &path).map_err(|source| {

@@ -182,12 +182,21 @@ impl Store {
             .join(format!("{}.{variant}", diff_id.hex()))
     }
 
-    /// Writes a small file durably and atomically (staged in `tmp/`, renamed to `path`).
-    pub(crate) fn write_small_file(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Writes a small file atomically (staged in `tmp/`, renamed to `path`): readers see the old
+    /// or the whole new content. [`Durability::Synced`] also makes it survive a crash.
+    pub fn write_small_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         let mut file = TmpFile::create(&self.tmp_dir(), "small")?;
         file.write_all(bytes)
-            .map_err(StoreError::io("write", self.tmp_dir()))?;
-        file.persist(path)
+            .map_err(StoreError::io("write", &file.path))?;
+        match durability {
+            Durability::Synced => file.persist(path),
+            Durability::Advisory => file.rename_into(path),
+        }
     }
 
     /// Where the blob named `digest` lives (whether or not it exists).
@@ -547,6 +556,15 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 /// A file being staged in `tmp/`; removed on drop unless persisted.
+/// How far [`Store::write_small_file`] goes to keep a file across a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a crash once written (file and directory fsynced).
+    Synced,
+    /// Atomic, but may be lost in a crash: for data that can be recomputed.
+    Advisory,
+}
+
 #[derive(Debug)]
 pub(crate) struct TmpFile {
     file: File,
@@ -574,13 +592,19 @@ impl TmpFile {
     }
 
     /// fsync, rename to `dest`, fsync `dest`'s directory.
-    pub(crate) fn persist(mut self, dest: &Path) -> Result<(), StoreError> {
+    pub(crate) fn persist(self, dest: &Path) -> Result<(), StoreError> {
         self.file
             .sync_all()
             .map_err(StoreError::io("fsync", &self.path))?;
+        self.rename_into(dest)?;
+        sync_parent(dest)
+    }
+
+    /// Renames to `dest` without syncing: atomic, but may be lost in a crash.
+    fn rename_into(mut self, dest: &Path) -> Result<(), StoreError> {
         fs::rename(&self.path, dest).map_err(StoreError::io("rename into place", dest))?;
         self.persisted = true;
-        sync_parent(dest)
+        Ok(())
     }
 
     /// Closes the file, keeping it staged.

@@ -24,13 +24,12 @@
 //!   is a valid result for the key, so the last one simply wins.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use imgb_cache::{Digest, RecordRef, Resource, Store, StoreError};
+use imgb_cache::{Digest, Durability, RecordRef, Resource, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::solve::key::{CacheKey, Change, ChangeDetail, INSTRUCTION, KeyExplanation};
@@ -229,9 +228,9 @@ pub enum RecordError {
          (hint: a record may only name stored blobs; the step's executor must store its layers first)"
     )]
     BlobNotStored { key: CacheKey, digest: Digest },
-    /// Naming the record in the build's lease failed.
+    /// A store operation failed: writing the record file, or naming it in the build's lease.
     #[error(transparent)]
-    Lease(#[from] StoreError),
+    Store(#[from] StoreError),
 }
 
 impl RecordError {
@@ -316,7 +315,9 @@ impl RecordStore {
         let bytes = serde_json::to_vec(record).map_err(|error| {
             RecordError::io("encode record", &self.record_path(&record.key))(error.into())
         })?;
-        self.replace(&self.record_path(&record.key), &bytes, Durability::Synced)
+        self.store
+            .write_small_file(&self.record_path(&record.key), &bytes, Durability::Synced)
+            .map_err(RecordError::Store)
     }
 
     /// The key last solved at `position`, if remembered.
@@ -335,7 +336,9 @@ impl RecordStore {
         let path = self.index_path(position);
         let dir = self.store.records_dir().join(BY_NAME);
         fs::create_dir_all(&dir).map_err(RecordError::io("create directory", &dir))?;
-        self.replace(&path, key.to_string().as_bytes(), Durability::Advisory)
+        self.store
+            .write_small_file(&path, key.to_string().as_bytes(), Durability::Advisory)
+            .map_err(RecordError::Store)
     }
 
     /// Looks `key` up for the step at `position`. A hit makes `key` the position's last key;
@@ -410,7 +413,9 @@ impl RecordStore {
         fs::create_dir_all(&dir).map_err(RecordError::io("create directory", &dir))?;
         let bytes = serde_json::to_vec(listing)
             .map_err(|error| RecordError::io("encode listing", &path)(error.into()))?;
-        self.replace(&path, &bytes, Durability::Advisory)
+        self.store
+            .write_small_file(&path, &bytes, Durability::Advisory)
+            .map_err(RecordError::Store)
     }
 
     /// The listing kept for `selection`, if any (an unreadable one only costs an explanation).
@@ -439,43 +444,6 @@ impl RecordStore {
         }
         Ok(())
     }
-
-    /// Writes `bytes` to `dest` through a staged file in `tmp/` and a rename.
-    fn replace(
-        &self,
-        dest: &Path,
-        bytes: &[u8],
-        durability: Durability,
-    ) -> Result<(), RecordError> {
-        let mut staged = StagedFile::create(&self.store.tmp_dir())?;
-        staged
-            .file
-            .write_all(bytes)
-            .map_err(RecordError::io("write", &staged.path))?;
-        if durability == Durability::Synced {
-            staged
-                .file
-                .sync_all()
-                .map_err(RecordError::io("fsync", &staged.path))?;
-        }
-        fs::rename(&staged.path, dest).map_err(RecordError::io("rename into place", dest))?;
-        staged.renamed = true;
-        if durability == Durability::Synced {
-            let dir = dest.parent().unwrap_or(Path::new("."));
-            File::open(dir)
-                .and_then(|dir_file| dir_file.sync_all())
-                .map_err(RecordError::io("fsync directory", dir))?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// Survives a crash once written.
-    Synced,
-    /// Atomic, but may be lost in a crash.
-    Advisory,
 }
 
 /// Device and inode: which file a path named when it was read.
@@ -511,49 +479,6 @@ fn remove_if_unchanged(path: &Path, read: FileId) -> Result<(), RecordError> {
             Err(RecordError::io("remove invalid record", path)(error))
         }
         _ => Ok(()),
-    }
-}
-
-/// A new file in `tmp/`, removed on drop unless it was renamed into place.
-struct StagedFile {
-    path: PathBuf,
-    file: File,
-    renamed: bool,
-}
-
-impl StagedFile {
-    fn create(tmp_dir: &Path) -> Result<StagedFile, RecordError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        loop {
-            // Unique among this process's names; a leftover of a dead process with the same
-            // pid fails the exclusive create and the next number is tried.
-            let name = format!(
-                "record-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let path = tmp_dir.join(name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(StagedFile {
-                        path,
-                        file,
-                        renamed: false,
-                    });
-                }
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(error) => return Err(RecordError::io("create", &path)(error)),
-            }
-        }
-    }
-}
-
-impl Drop for StagedFile {
-    fn drop(&mut self) {
-        if !self.renamed {
-            // Best effort: a leftover in tmp/ is harmless and never read as a record.
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 
