@@ -6,6 +6,7 @@ use crate::commands::images::{self, DuArgs, ImagesArgs, InspectArgs, LoadArgs, R
 use crate::commands::prune::{self, PruneArgs};
 use crate::commands::registry::{self, LoginArgs, LogoutArgs, PullArgs, PushArgs};
 use crate::commands::run::{self, RunArgs};
+use crate::serve::{self, ServeArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -60,6 +61,8 @@ enum Command {
     Prune(PruneArgs),
     /// Run a command in an ephemeral container from an image (nothing is kept).
     Run(RunArgs),
+    /// Serve builds and the shared build cache over HTTP (a unix socket by default).
+    Serve(Box<ServeArgs>),
     /// The container init stages, which the runner re-executes imgb with.
     #[command(name = "__init", hide = true)]
     Init {
@@ -91,6 +94,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Du(args) => images::du(cli.root, &args),
         Command::Prune(args) => prune::prune(cli.root, &args),
         Command::Run(args) => run::run(cli.root, &args),
+        Command::Serve(args) => serve::run(cli.root, &args),
         Command::Pull(args) => registry::pull(cli.root, &args),
         Command::Push(args) => registry::push(cli.root, &args),
         Command::Login(args) => registry::login(&args),

@@ -3,6 +3,7 @@
 mod check;
 mod cli;
 mod commands;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,128 @@
+//! A real `imgb serve` for tests: started on 127.0.0.1 port 0 (the port is read from its
+//! startup line), killed with SIGKILL when dropped unless stopped first.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct TestServer {
+    /// The first listener: `127.0.0.1:PORT`, or `unix:///PATH`.
+    pub addr: String,
+    child: Child,
+    /// What the server printed to stderr so far (its startup lines).
+    pub startup: String,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl TestServer {
+    /// Starts `imgb --root ROOT serve ARGS`, with `--listen 127.0.0.1:0` unless `args` has a
+    /// `--listen`, and waits until it listens.
+    pub fn start(root: &Path, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_imgb"));
+        command.arg("--root").arg(root).arg("serve").args(args);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("imgb serve starts");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut startup = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            if stderr
+                .read_line(&mut line)
+                .expect("reading imgb serve's stderr")
+                == 0
+            {
+                let status = child.wait().expect("imgb serve exits");
+                panic!("imgb serve exited ({status}) before listening:\n{startup}");
+            }
+            startup.push_str(&line);
+            if let Some(addr) = line.trim().strip_prefix("imgb serve: listening on ") {
+                break addr.strip_prefix("tcp://").unwrap_or(addr).to_string();
+            }
+        };
+        Self {
+            addr,
+            child,
+            startup,
+            stderr: Some(stderr.into_inner()),
+        }
+    }
+
+    /// `http://ADDR` (or `https://` when `tls`).
+    pub fn url(&self, tls: bool) -> String {
+        format!("{}://{}", if tls { "https" } else { "http" }, self.addr)
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status and the rest of stderr.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        super::run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        let status = self.child.wait().expect("imgb serve exits");
+        let mut rest = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut rest);
+        }
+        (status, rest)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes on a new connection and returns what the server answered before closing
+/// (or until the read timeout).
+pub fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    // The server may answer and close before reading everything (a 431 on huge headers).
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of an HTTP/1.1 response's first line, 0 when there is none.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `curl` with `args`: returns (status code, body). Status 0 means the connection failed.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
