@@ -188,7 +188,7 @@ fn huge_headers_get_431_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("root"), &[]);
     let huge = format!(
-        "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
         "a".repeat(200 * 1024)
     );
     let answer = raw_exchange(&server.addr, huge.as_bytes());
@@ -196,11 +196,65 @@ fn huge_headers_get_431_and_the_server_keeps_serving() {
     let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
     let answer = raw_exchange(
         &server.addr,
-        format!("GET /v1/health HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        format!("GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{many}\r\n").as_bytes(),
     );
     assert!((400..500).contains(&status_of(&answer)), "{answer}");
     let answer = raw_exchange(&server.addr, b"NOT HTTP AT ALL\r\n\r\n");
     assert!((400..500).contains(&status_of(&answer)), "{answer}");
     let (status, _) = curl(&[&format!("{}/v1/health", server.url(false))]);
     assert_eq!(status, 200);
+}
+
+#[test]
+fn tls_and_mutual_tls_serve_only_clients_that_trust_and_are_trusted() {
+    if support::tool("openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (cert, key, ca) = support::registry::make_certificates(&certs);
+    let (client_cert, client_key) = support::registry::make_client_certificate(&certs);
+    let tokens = token_file(dir.path());
+    let tls_args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+    ];
+    let server = TestServer::start(&dir.path().join("root"), &tls_args);
+    let health = format!("{}/v1/health", server.url(true));
+    let (status, body) = curl(&["--cacert", ca.to_str().unwrap(), &health]);
+    assert_eq!(status, 200, "{body}");
+    // An untrusted certificate and plain HTTP both fail; the server goes on.
+    assert_eq!(curl(&[&health]).0, 0);
+    assert_eq!(curl(&[&format!("{}/v1/health", server.url(false))]).0, 0);
+    let (status, _) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        &format!("{}/v2/", server.url(true)),
+    ]);
+    assert_eq!(status, 401);
+    drop(server);
+
+    let mut mutual_args = tls_args.to_vec();
+    mutual_args.extend(["--tls-client-ca", ca.to_str().unwrap()]);
+    let server = TestServer::start(&dir.path().join("root"), &mutual_args);
+    let health = format!("{}/v1/health", server.url(true));
+    let (status, _) = curl(&["--cacert", ca.to_str().unwrap(), &health]);
+    assert_eq!(status, 0, "no client certificate, no connection");
+    let (status, body) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--cert",
+        client_cert.to_str().unwrap(),
+        "--key",
+        client_key.to_str().unwrap(),
+        "-H",
+        &bearer(READ_TOKEN),
+        &format!("{}/v2/", server.url(true)),
+    ]);
+    assert_eq!(status, 200, "{body}");
 }

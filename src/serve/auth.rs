@@ -191,10 +191,6 @@ pub fn denied(path: &str, status: StatusCode) -> Response {
     response
 }
 
-#[allow(
-    dead_code,
-    reason = "the build API and the distribution API (landing next) use it"
-)]
 /// The caller's [`Access`], or a 401 when a route was mounted outside the auth layer.
 fn access_of(parts: &Parts) -> Result<Access, Response> {
     parts
@@ -204,29 +200,22 @@ fn access_of(parts: &Parts) -> Result<Access, Response> {
         .ok_or_else(|| denied(parts.uri.path(), StatusCode::UNAUTHORIZED))
 }
 
-#[allow(
-    dead_code,
-    reason = "the build API and the distribution API (landing next) use it"
-)]
-/// Extractor for handlers that only read: any authenticated caller.
+/// Extractor for handlers that only read: any authenticated caller. (The caller's [`Access`]
+/// itself is in the request extensions.)
 #[derive(Debug, Clone, Copy)]
-pub struct RequireRead(pub Access);
+pub struct RequireRead;
 
 impl<S: Send + Sync> FromRequestParts<S> for RequireRead {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        access_of(parts).map(RequireRead)
+        access_of(parts).map(|_| RequireRead)
     }
 }
 
-#[allow(
-    dead_code,
-    reason = "the build API and the distribution API (landing next) use it"
-)]
 /// Extractor for handlers that change state (submit, cancel, push): a write token, else 403.
 #[derive(Debug, Clone, Copy)]
-pub struct RequireWrite(pub Access);
+pub struct RequireWrite;
 
 impl<S: Send + Sync> FromRequestParts<S> for RequireWrite {
     type Rejection = Response;
@@ -236,7 +225,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequireWrite {
         if access.scope < Scope::Write {
             return Err(denied(parts.uri.path(), StatusCode::FORBIDDEN));
         }
-        Ok(RequireWrite(access))
+        Ok(RequireWrite)
     }
 }
 

@@ -13,9 +13,10 @@
 
 pub mod auth;
 pub mod builds;
+pub mod distribution;
 pub mod listen;
 
-use crate::commands::prune::parse_duration;
+use crate::commands::prune::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};
 use auth::TokenTable;
 use axum::Router;
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
 
+    /// The largest blob the cache registry (`/v2/`) accepts.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
+    max_blob_size: u64,
+
     #[command(flatten)]
     builds: builds::BuildsArgs,
 }
@@ -116,7 +121,8 @@ pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
         for (address, resolved) in &vetted {
             listeners.push(Listener::bind(address, resolved).await?);
         }
-        let app = app(tokens, service.clone());
+        let registry = Arc::new(distribution::Registry::new(store, args.max_blob_size));
+        let app = app(tokens, service.clone(), registry);
         serve(
             listeners,
             Serving { app, tls },
@@ -129,10 +135,15 @@ pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
 }
 
 /// The whole HTTP app: health outside authentication, everything else behind it.
-pub fn app(tokens: Option<Arc<TokenTable>>, service: Arc<builds::BuildService>) -> Router {
+pub fn app(
+    tokens: Option<Arc<TokenTable>>,
+    service: Arc<builds::BuildService>,
+    registry: Arc<distribution::Registry>,
+) -> Router {
     let authenticated = Router::new()
         .nest("/v1/builds", builds::router(service.clone()))
         .merge(builds::metrics_router(service))
+        .merge(distribution::router(registry))
         // Unknown paths answer 404 only to authenticated callers: without a token, every path
         // looks the same.
         .fallback(not_found)

@@ -140,7 +140,9 @@ fn found(tool: &str) -> bool {
 }
 
 /// A CA, and a certificate for 127.0.0.1 / localhost that it signed: (cert, key, ca).
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A test CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 it signed, made in
+/// `dir`: (cert, key, CA cert).
+pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let path = |name: &str| dir.join(name);
     let openssl = |args: &[&str]| {
         super::run(Command::new("openssl").args(args).current_dir(dir));
@@ -208,4 +210,45 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "ext.cnf",
     ]);
     (path("cert.pem"), path("key.pem"), path("ca.pem"))
+}
+
+/// A client certificate (`client.pem`, `client.key`) signed by the CA [`make_certificates`]
+/// made in `dir`: (cert, key).
+pub fn make_client_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        super::run(Command::new("openssl").args(args).current_dir(dir));
+    };
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=imgb test client",
+    ]);
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
+    ]);
+    (dir.join("client.pem"), dir.join("client.key"))
 }
