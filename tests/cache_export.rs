@@ -254,13 +254,22 @@ fn missing_cache_sources_are_warnings_and_the_build_goes_on() {
         dir.path().join("no-such-cache").display()
     );
     let missing_tag = format!("{}/app:no-such-tag", registry.host);
+    // Nothing listens on port 1: connections are refused.
+    let unreachable = "127.0.0.1:1/app:cache";
     let built = build(
         &dir.path().join("root"),
         &context(dir.path(), "a", &busybox, "one\n"),
-        &["--cache-from", &missing_dir, "--cache-from", &missing_tag],
+        &[
+            "--cache-from",
+            &missing_dir,
+            "--cache-from",
+            &missing_tag,
+            "--cache-from",
+            unreachable,
+        ],
     );
     assert_eq!(run_steps(&built).len(), 4, "{}", built.stderr);
-    for missing in ["no-such-cache", "no-such-tag"] {
+    for missing in ["no-such-cache", "no-such-tag", unreachable] {
         assert!(
             built
                 .stderr
@@ -270,4 +279,130 @@ fn missing_cache_sources_are_warnings_and_the_build_goes_on() {
             built.stderr
         );
     }
+}
+
+/// A cache mount `counter` that every run appends to (and copies out), and a mount `big`
+/// larger than the cap the tests export with, which records what it found before filling.
+const CACHE_MOUNTS_DOCKERFILE: &str = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ARG PASS
+RUN --mount=type=cache,id=counter,target=/cache echo "pass $PASS" >> /cache/count && cp /cache/count /count
+RUN --mount=type=cache,id=big,target=/big ls -A /big > /big-before && head -c 2097152 /dev/zero > /big/blob
+"#;
+
+/// Builds [`CACHE_MOUNTS_DOCKERFILE`] with `PASS=pass` into `out` (a local export);
+/// returns the build's standard error.
+fn build_with_cache_mounts(
+    root: &Path,
+    context: &Path,
+    pass: &str,
+    out: &Path,
+    cache_args: &[&str],
+) -> String {
+    let pass = format!("PASS={pass}");
+    let out = format!("type=local,dest={}", out.display());
+    let mut args = vec!["--build-arg", &pass, "-o", &out];
+    args.extend(cache_args);
+    build(root, context, &args).stderr
+}
+
+/// Root A runs the counter twice (its mount holds two lines) and exports with cache mounts;
+/// root B, empty, imports them: its RUN, made to miss by another `PASS`, appends to A's
+/// contents. The `big` mount is over the 1MiB cap: a warning names it, and B starts it empty.
+fn assert_cache_mounts_travel(dir: &Path, busybox: &Path, cache_to: &str, cache_from: &str) {
+    let context = busybox_context(&dir.join("ctx"), busybox, CACHE_MOUNTS_DOCKERFILE);
+    let root_a = dir.join("root-a");
+    build_with_cache_mounts(&root_a, &context, "a1", &dir.join("out-a1"), &[]);
+    let exported = build_with_cache_mounts(
+        &root_a,
+        &context,
+        "a2",
+        &dir.join("out-a2"),
+        &["--cache-to", cache_to],
+    );
+    assert!(
+        exported
+            .lines()
+            .any(|line| line.starts_with("warning: --cache-to")
+                && line.contains("cache mount \"big\" holds")
+                && line.contains("cache-mounts-max=1048576")),
+        "{exported}"
+    );
+    assert!(!exported.contains("cache mount \"counter\""), "{exported}");
+
+    let out_b = dir.join("out-b");
+    let imported = build_with_cache_mounts(
+        &dir.join("root-b"),
+        &context,
+        "b",
+        &out_b,
+        &["--cache-from", cache_from],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_b.join("count")).unwrap(),
+        "pass a1\npass a2\npass b\n",
+        "{imported}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_b.join("big-before")).unwrap(),
+        "",
+        "{imported}"
+    );
+}
+
+#[test]
+fn cache_mounts_travel_through_a_cache_directory_within_the_cap() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let cache = dir.path().join("cache");
+    assert_cache_mounts_travel(
+        dir.path(),
+        &busybox,
+        &format!(
+            "type=local,dest={},mode=max,cache-mounts=true,cache-mounts-max=1MiB",
+            cache.display()
+        ),
+        &format!("type=local,src={}", cache.display()),
+    );
+}
+
+#[test]
+fn cache_mounts_travel_through_a_registry_within_the_cap() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let Some(registry) = TestRegistry::start(Options::default()) else {
+        return;
+    };
+    let reference = format!("{}/app:cache", registry.host);
+    assert_cache_mounts_travel(
+        dir.path(),
+        &busybox,
+        &format!("type=registry,ref={reference},cache-mounts=true,cache-mounts-max=1MiB"),
+        &format!("type=registry,ref={reference}"),
+    );
+}
+
+#[test]
+fn a_cache_source_that_never_answers_does_not_hold_up_local_hits() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let context = context(dir.path(), "a", &busybox, "one\n");
+    build(&root, &context, &[]);
+    // Accepts connections and never answers (not even the TLS handshake): reading this cache
+    // would take minutes of timeouts and end in a warning.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("{}/app:cache", listener.local_addr().unwrap());
+    std::thread::spawn(move || listener.incoming().collect::<Vec<_>>());
+    let again = build(&root, &context, &["--cache-from", &silent]);
+    assert_eq!(again.ran(), Vec::<&str>::new(), "{}", again.stderr);
+    assert!(
+        !again.stderr.contains("warning: --cache-from"),
+        "the build waited for the silent cache: {}",
+        again.stderr
+    );
 }

@@ -14,7 +14,13 @@
 //!   a pulled layer is downloaded only when a step needs its snapshot, so a fully cached build
 //!   downloads none.
 
+mod cache_mounts;
 mod mounts;
+
+pub use cache_mounts::{
+    CacheMountError, PackedCacheMounts, SkippedCacheMount, UsedCacheMount, cache_mounts_used,
+    pack_cache_mounts,
+};
 
 use crate::context::{EntryKind, HashedContext, PathFilter, Selection};
 use crate::file_ops::{SourceRoot, apply_file_actions};
@@ -22,6 +28,7 @@ use crate::graph::{ExecMount, FileAction, Network, Op};
 use crate::http_source;
 use crate::ignore::IgnoreRules;
 use crate::layered::LayeredView;
+use crate::solve::remote::RemoteRecords;
 use crate::solve::{
     ContextListing, ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, ListedKind,
     OutputStream, Solved, SolvedInput,
@@ -58,6 +65,8 @@ pub struct StoreExecutor {
     pub ssh_agents: Arc<BTreeMap<String, PathBuf>>,
     /// Where base images the store lacks, and the layers of pulled images, come from.
     pub registry: Registry,
+    /// `--cache-from` caches: a cache mount the store lacks starts as their copy of it.
+    pub remote: Option<Arc<RemoteRecords>>,
 }
 
 fn failed(error: impl std::fmt::Display) -> ExecError {

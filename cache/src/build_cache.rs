@@ -65,6 +65,21 @@ pub struct CacheConfig {
     #[serde(rename = "diffIDs")]
     pub diff_ids: Vec<Digest>,
     pub records: Vec<CacheRecord>,
+    /// `RUN --mount=type=cache` contents exported with `cache-mounts=true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<CacheMountRecord>,
+}
+
+/// One cache mount's contents: a tar layer of the manifest, extracted into a new cache
+/// instance of the same key when the importing store has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMountRecord {
+    /// The mount's `id=` (its target when none was given), for people and warnings.
+    pub id: String,
+    /// The cache mount's key (id, owner, mode and seed), as the builder derives it.
+    pub key: Digest,
+    /// Index of its tar in the manifest's layers; the diffID there is the content digest.
+    pub layer: usize,
 }
 
 /// One cache record: a step's key and the filesystem it produced.
@@ -111,6 +126,17 @@ impl CacheContent {
         })
     }
 
+    /// The cache mounts with their layers resolved; the indices were checked on import.
+    pub fn cache_mounts(&self) -> impl Iterator<Item = (&CacheMountRecord, CacheLayer)> {
+        self.config.cache_mounts.iter().filter_map(|mount| {
+            let layer = CacheLayer {
+                diff_id: self.config.diff_ids.get(mount.layer)?.clone(),
+                blob: self.layers.get(mount.layer)?.clone(),
+            };
+            Some((mount, layer))
+        })
+    }
+
     /// Checks what an untrusted cache claims: the version, one diffID per layer, indices in
     /// range.
     fn validate(self, source: &str) -> Result<Self, BuildCacheError> {
@@ -140,6 +166,19 @@ impl CacheContent {
                 )));
             }
         }
+        if let Some(mount) = self
+            .config
+            .cache_mounts
+            .iter()
+            .find(|mount| mount.layer >= self.layers.len())
+        {
+            return Err(invalid(format!(
+                "cache mount {:?} names layer {}, but there are {} layers",
+                mount.id,
+                mount.layer,
+                self.layers.len()
+            )));
+        }
         Ok(self)
     }
 }
@@ -153,6 +192,7 @@ pub struct CacheBuilder {
     positions: HashMap<Digest, usize>,
     records: Vec<CacheRecord>,
     keys: HashMap<Digest, usize>,
+    cache_mounts: Vec<CacheMountRecord>,
 }
 
 impl CacheBuilder {
@@ -187,6 +227,20 @@ impl CacheBuilder {
         });
     }
 
+    /// Adds the contents of the cache mount `key`, packed as `layer`; a key already added keeps
+    /// its first contents.
+    pub fn add_cache_mount(&mut self, id: impl Into<String>, key: Digest, layer: CacheLayer) {
+        if self.cache_mounts.iter().any(|mount| mount.key == key) {
+            return;
+        }
+        let layer = self.layer_index(layer);
+        self.cache_mounts.push(CacheMountRecord {
+            id: id.into(),
+            key,
+            layer,
+        });
+    }
+
     fn layer_index(&mut self, layer: CacheLayer) -> usize {
         *self
             .positions
@@ -209,6 +263,7 @@ impl CacheBuilder {
                 version: FORMAT_VERSION,
                 diff_ids: self.diff_ids,
                 records: self.records,
+                cache_mounts: self.cache_mounts,
             },
             layers: self.layers,
         }

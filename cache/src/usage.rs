@@ -63,7 +63,7 @@ fn usage_of(dir: &Path) -> io::Result<KindUsage> {
 }
 
 /// Allocated bytes under `path` (not following symlinks), each inode once.
-pub(crate) fn tree_bytes(path: &Path, seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
+pub fn tree_bytes(path: &Path, seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         // Removed meanwhile by a concurrent build or prune: nothing to count.

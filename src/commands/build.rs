@@ -4,13 +4,14 @@ use crate::check::{FrontendArgs, LoadedDockerfile};
 use crate::commands::cache_opts::{
     CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
 };
+use crate::commands::images::human_size;
 use crate::commands::open_leased_store;
 use crate::commands::progress::{Built, Explainer, Progress, ProgressMode};
 use crate::commands::registry::{RegistryArgs, oci_platform, push_image};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
-use imgb_builder::execute::{Secret, StoreExecutor};
+use imgb_builder::execute::{Secret, StoreExecutor, cache_mounts_used, pack_cache_mounts};
 use imgb_builder::graph::BuildGraph;
 use imgb_builder::solve::{
     Cancel, ExportMode, Filesystem, RecordStore, RemoteRecords, Solution, SolveOptions, Solved,
@@ -212,6 +213,17 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     }
 
     let context = hash_build_context(&store, &loaded)?;
+    let remote = (!cache_from.is_empty()).then(|| {
+        let _runtime = runtime.enter();
+        Arc::new(RemoteRecords::load(
+            store.clone(),
+            registry.clone(),
+            cache_from,
+            |location, error| {
+                eprintln!("warning: --cache-from {location}: {error}; building without it")
+            },
+        ))
+    });
     let source_date_epoch = source_date_epoch(&loaded.options.build_args)?;
     let executor = StoreExecutor {
         store: store.clone(),
@@ -221,6 +233,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         secrets: Arc::new(secrets),
         ssh_agents: Arc::new(ssh_agents),
         registry: registry.clone(),
+        remote: remote.clone(),
     };
     let settings: BTreeMap<String, String> = source_date_epoch
         .map(|epoch| ("SOURCE_DATE_EPOCH".to_string(), epoch.to_string()))
@@ -238,17 +251,6 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let records = RecordStore::new(store.clone());
     let mut solver =
         Solver::new(Arc::new(executor), records.clone(), options).with_progress(sender);
-    let remote = (!cache_from.is_empty()).then(|| {
-        let _runtime = runtime.enter();
-        Arc::new(RemoteRecords::load(
-            store.clone(),
-            registry.clone(),
-            cache_from,
-            |location, error| {
-                eprintln!("warning: --cache-from {location}: {error}; building without it")
-            },
-        ))
-    });
     if let Some(remote) = &remote {
         solver = solver.with_remote(Arc::clone(remote));
     }
@@ -345,6 +347,7 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             remote.as_deref(),
             (&lowered.graph, &solution, target.root),
             spec,
+            source_date_epoch,
         )
         .with_context(|| format!("exporting the build cache to {location}"))?;
     }
@@ -422,6 +425,7 @@ fn export_build_cache(
     remote: Option<&RemoteRecords>,
     (graph, solution, target): (&BuildGraph, &Solution, imgb_builder::graph::VertexId),
     spec: &CacheExportSpec,
+    source_date_epoch: Option<i64>,
 ) -> Result<()> {
     let CacheDestination::Location(location) = &spec.destination else {
         return Ok(());
@@ -432,12 +436,34 @@ fn export_build_cache(
             runtime.block_on(remote.fetch(filesystem))?;
         }
     }
-    let content = cache_content(&steps, None::<&Filesystem>).finish();
+    let mut content = cache_content(&steps, None::<&Filesystem>);
+    if let Some(cap) = spec.cache_mounts_max {
+        let used = cache_mounts_used(graph, solution);
+        let packed = pack_cache_mounts(store, &used, cap, source_date_epoch)?;
+        for skipped in &packed.skipped {
+            let limit = if skipped.over_total {
+                "would take the exported cache mounts past"
+            } else {
+                "is over"
+            };
+            eprintln!(
+                "warning: --cache-to {location}: cache mount {:?} holds {} ({} bytes), which \
+                 {limit} cache-mounts-max={} bytes; not exported",
+                skipped.id,
+                human_size(skipped.size),
+                skipped.size,
+                skipped.cap,
+            );
+        }
+        for (mount, layer) in packed.packed {
+            content.add_cache_mount(mount.id, mount.key, layer);
+        }
+    }
     runtime.block_on(export_cache(
         store,
         registry,
         location,
-        content,
+        content.finish(),
         spec.compression,
     ))?;
     Ok(())

@@ -6,10 +6,13 @@
 //! - `type=inline` (to only): the cache metadata in the built image's config, read back with
 //!   `--cache-from type=registry,ref=IMAGE`;
 //! - `--cache-to` also takes `mode=min|max` (min, the default: the steps of the exported
-//!   image's layers; max: every step of every stage) and `compression=gzip|zstd|uncompressed`.
+//!   image's layers; max: every step of every stage) and `compression=gzip|zstd|uncompressed`,
+//!   and (not with inline) `cache-mounts=true` to carry `RUN --mount=type=cache` contents, each
+//!   mount and all together capped by `cache-mounts-max=SIZE` (default 1GiB).
 //!
 //! Keys are case-insensitive; an unknown key is an error naming the valid ones, as `-o` does.
 
+use super::prune::parse_size;
 use anyhow::{Result, anyhow, bail};
 use imgb_builder::solve::ExportMode;
 use imgb_cache::build_cache::CacheLocation;
@@ -32,7 +35,12 @@ pub struct CacheExportSpec {
     pub mode: ExportMode,
     /// Layers are exported as stored unless this asks for another compression.
     pub compression: Option<Compression>,
+    /// With `cache-mounts=true`: the cap in bytes for each cache mount and for all together.
+    pub cache_mounts_max: Option<u64>,
 }
+
+/// The default `cache-mounts-max`.
+pub const DEFAULT_CACHE_MOUNTS_MAX: u64 = 1 << 30;
 
 /// The `key=value` fields of one value, keys lowercased, checked against `allowed`.
 fn fields(option: &str, spec: &str, allowed: &[&str]) -> Result<Vec<(String, String)>> {
@@ -101,7 +109,15 @@ pub fn parse_cache_from(spec: &str) -> Result<CacheLocation> {
 }
 
 pub fn parse_cache_to(spec: &str) -> Result<CacheExportSpec> {
-    const KEYS: &[&str] = &["type", "dest", "ref", "mode", "compression"];
+    const KEYS: &[&str] = &[
+        "type",
+        "dest",
+        "ref",
+        "mode",
+        "compression",
+        "cache-mounts",
+        "cache-mounts-max",
+    ];
     let fields = fields("--cache-to", spec, KEYS)?;
     let destination = if value(&fields, "type") == Some("inline") {
         CacheDestination::Inline
@@ -123,10 +139,28 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExportSpec> {
             })
         })
         .transpose()?;
+    let cache_mounts = match value(&fields, "cache-mounts") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => bail!("--cache-to {spec}: cache-mounts={other:?} (valid: true, false)"),
+    };
+    let cap = value(&fields, "cache-mounts-max")
+        .map(|size| parse_size(size).map_err(|reason| anyhow!("--cache-to {spec}: {reason}")))
+        .transpose()?;
+    if cap.is_some() && !cache_mounts {
+        bail!("--cache-to {spec}: cache-mounts-max needs cache-mounts=true");
+    }
+    if cache_mounts && destination == CacheDestination::Inline {
+        bail!(
+            "--cache-to {spec}: type=inline cannot hold cache mounts (hint: use type=registry \
+             or type=local)"
+        );
+    }
     Ok(CacheExportSpec {
         destination,
         mode,
         compression,
+        cache_mounts_max: cache_mounts.then(|| cap.unwrap_or(DEFAULT_CACHE_MOUNTS_MAX)),
     })
 }
 
@@ -150,6 +184,13 @@ mod tests {
         let inline = parse_cache_to("type=inline").unwrap();
         assert_eq!(inline.destination, CacheDestination::Inline);
         assert_eq!(inline.mode, ExportMode::Min);
+        assert_eq!(inline.cache_mounts_max, None);
+        let mounts = parse_cache_to("type=local,dest=/c,cache-mounts=true").unwrap();
+        assert_eq!(mounts.cache_mounts_max, Some(DEFAULT_CACHE_MOUNTS_MAX));
+        let capped =
+            parse_cache_to("type=registry,ref=r/c,cache-mounts=true,cache-mounts-max=10MiB")
+                .unwrap();
+        assert_eq!(capped.cache_mounts_max, Some(10 << 20));
     }
 
     #[test]
@@ -162,6 +203,16 @@ mod tests {
             ("type=s3,dest=/c", "unknown type"),
             ("dest=/c", "missing type"),
             ("type=inline,mode=max", "inline"),
+            ("type=inline,cache-mounts=true", "cannot hold cache mounts"),
+            ("type=local,dest=/c,cache-mounts=yes", "cache-mounts="),
+            (
+                "type=local,dest=/c,cache-mounts-max=1G",
+                "needs cache-mounts=true",
+            ),
+            (
+                "type=local,dest=/c,cache-mounts=true,cache-mounts-max=lots",
+                "invalid size",
+            ),
         ] {
             let error = parse_cache_to(spec).unwrap_err().to_string();
             assert!(error.contains(expected), "{spec}: {error}");

@@ -140,6 +140,7 @@ pub fn login(args: &LoginArgs) -> Result<ExitCode> {
     let credentials = Credentials {
         username: args.username.clone(),
         password,
+        ..Credentials::default()
     };
     let registry = args.registry.client([]);
     runtime()?

@@ -14,12 +14,16 @@
 //! - The cache key (`<key>`) is the mount's id, the owner and mode the cache is created with and
 //!   what seeds it (as BuildKit keys cache refs by id and base), so two ids never share a cache.
 //!   A step locks its caches in key order, each key once, so steps never wait in a cycle.
+//! - A new instance of a key that a `--cache-from` cache exported starts as those contents
+//!   (see `cache_mounts`); an instance that exists is never replaced by an import.
 
+use super::cache_mounts::{mount_dir, unpack_cache_mount};
 use super::{StoreExecutor, failed};
 use crate::file_ops::{SourceRoot, apply_file_actions};
 use crate::graph::{CacheSharing, ExecMount, ExecOp, FileAction};
 use crate::layered::LayeredView;
 use crate::solve::{ExecError, Filesystem, Job, Solved};
+use imgb_cache::build_cache::CacheLayer;
 use imgb_cache::{Digest, FileLock, Resource, Store};
 use imgb_runner::{Mount, MountKind};
 use std::collections::BTreeMap;
@@ -47,6 +51,9 @@ struct CacheRequest {
     owner: (u32, u32),
     /// A view and the path in it that a new instance starts as a copy of.
     seed: Option<(LayeredView, String)>,
+    /// Contents imported with `--cache-from` (their blob stored) that a new instance starts as
+    /// instead; preferred to the seed, which they were made from.
+    imported: Option<CacheLayer>,
 }
 
 impl StoreExecutor {
@@ -230,6 +237,7 @@ impl StoreExecutor {
                         Ok((view, source.to_string()))
                     })
                     .transpose()?,
+                imported: self.imported_cache_mount(&key).await?,
             };
             requests.insert(key.hex().to_string(), (request, vec![index]));
         }
@@ -248,6 +256,18 @@ impl StoreExecutor {
         })
         .await
         .map_err(failed)?
+    }
+
+    /// The `--cache-from` contents of the cache mount `key` when the store has no instance of
+    /// it yet (the common case being a fresh CI runner); fetched into the store.
+    async fn imported_cache_mount(&self, key: &Digest) -> Result<Option<CacheLayer>, ExecError> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        if cache_instance(&mount_dir(&self.store, key), 0).0.is_dir() {
+            return Ok(None);
+        }
+        remote.cache_mount(key).await.map_err(failed)
     }
 
     /// The host path a bind mount of input `input`'s `source` shows.
@@ -276,7 +296,12 @@ impl StoreExecutor {
 }
 
 /// The cache's identity: id, creation owner and mode, and the content that seeds it.
-fn cache_key(id: &str, mode: u32, owner: (u32, u32), seed: Option<(&Filesystem, &str)>) -> Digest {
+pub(super) fn cache_key(
+    id: &str,
+    mode: u32,
+    owner: (u32, u32),
+    seed: Option<(&Filesystem, &str)>,
+) -> Digest {
     let seed = seed.map(|(filesystem, source)| {
         let chain: Vec<&str> = filesystem.diff_ids().map(Digest::as_str).collect();
         (chain, source)
@@ -291,9 +316,9 @@ fn acquire_cache(store: &Store, request: CacheRequest) -> Result<(PathBuf, FileL
     // Named in the build's lease first: `imgb prune --all` leaves a cache in use alone.
     let volume = Resource::CacheMount(request.key.hex().to_owned());
     store.protect(&volume).map_err(failed)?;
-    let dir = volume.path(store);
+    let dir = mount_dir(store, &request.key);
     fs::create_dir_all(&dir).map_err(failed)?;
-    let instance = |n: usize| (dir.join(n.to_string()), dir.join(format!("{n}.lock")));
+    let instance = |n: usize| cache_instance(&dir, n);
     let (path, lock) = match request.sharing {
         CacheSharing::Shared => {
             let (path, lock) = instance(0);
@@ -323,15 +348,29 @@ fn acquire_cache(store: &Store, request: CacheRequest) -> Result<(PathBuf, FileL
     Ok((path, lock))
 }
 
-/// Makes a new cache instance at `path`: a copy of the seed, or an empty directory with the
-/// requested owner and mode.
+/// Instance `n` of the cache mount whose instances live in `dir`: its directory and lock file.
+pub(super) fn cache_instance(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    (dir.join(n.to_string()), dir.join(format!("{n}.lock")))
+}
+
+/// Makes a new cache instance at `path`: the imported contents, a copy of the seed, or an empty
+/// directory with the requested owner and mode.
 fn create_cache(store: &Store, request: &CacheRequest, path: &Path) -> Result<(), ExecError> {
     let fresh = tempfile::Builder::new()
         .prefix("cache-")
         .tempdir_in(store.tmp_dir())
         .map_err(failed)?;
-    match &request.seed {
-        Some((view, source)) => {
+    match (&request.imported, &request.seed) {
+        (Some(imported), _) => {
+            set_owner_and_mode(fresh.path(), request.owner, request.mode)?;
+            unpack_cache_mount(store, imported, fresh.path()).map_err(|error| {
+                failed(format!(
+                    "filling the cache mount from --cache-from (blob {}): {error}",
+                    imported.blob.digest
+                ))
+            })?;
+        }
+        (None, Some((view, source))) => {
             let copy = FileAction::Copy {
                 input: 1,
                 sources: vec![if source.is_empty() {
@@ -352,7 +391,7 @@ fn create_cache(store: &Store, request: &CacheRequest, path: &Path) -> Result<()
             apply_file_actions(&[copy], &empty, &inputs, fresh.path())
                 .map_err(|error| failed(format!("seeding the cache mount: {error}")))?;
         }
-        None => set_owner_and_mode(fresh.path(), request.owner, request.mode)?,
+        (None, None) => set_owner_and_mode(fresh.path(), request.owner, request.mode)?,
     }
     fs::rename(fresh.path(), path).map_err(|error| {
         failed(format!(

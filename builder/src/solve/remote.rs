@@ -9,6 +9,8 @@
 //! - A remote hit yields the recorded filesystem without copying anything: layer blobs are
 //!   fetched only when a step must run on top of them ([`RemoteRecords::fetch`] before the
 //!   executor gets the job) or when the caller needs them (the image, an export).
+//! - A cache mount a step needs and the store lacks starts as the imported contents of the
+//!   same mount key ([`RemoteRecords::cache_mount`]), fetched only then.
 //! - A remote hit becomes a local record once every blob it names is local
 //!   ([`RemoteRecords::adopt_hits`]), so the next build hits without the remote cache.
 //!
@@ -59,6 +61,8 @@ struct RemoteIndex {
     records: HashMap<CacheKey, Filesystem>,
     /// Blob digest → the first cache that holds it.
     blobs: HashMap<Digest, Arc<ImportedCache>>,
+    /// Cache mount key → its packed contents and the cache holding them.
+    cache_mounts: HashMap<Digest, (CacheLayer, Arc<ImportedCache>)>,
 }
 
 impl RemoteIndex {
@@ -83,6 +87,11 @@ impl RemoteIndex {
             self.blobs
                 .entry(blob.digest.clone())
                 .or_insert_with(|| Arc::clone(&cache));
+        }
+        for (mount, layer) in cache.content.cache_mounts() {
+            self.cache_mounts
+                .entry(mount.key.clone())
+                .or_insert_with(|| (layer, Arc::clone(&cache)));
         }
     }
 }
@@ -184,6 +193,17 @@ impl RemoteRecords {
             cache.fetch_blob(&self.store, &blob).await?;
         }
         Ok(())
+    }
+
+    /// The imported contents of the cache mount `key`, its blob fetched into the store; `None`
+    /// when no location exported that mount.
+    pub async fn cache_mount(&self, key: &Digest) -> Result<Option<CacheLayer>, RemoteError> {
+        let index = self.index().await;
+        let Some((layer, cache)) = index.cache_mounts.get(key) else {
+            return Ok(None);
+        };
+        cache.fetch_blob(&self.store, &layer.blob).await?;
+        Ok(Some(layer.clone()))
     }
 
     /// Writes a local record for each remembered hit whose blobs are all local now; returns

@@ -7,8 +7,11 @@
 //! 3. Docker's `config.json` (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
 //!
 //! All three share Docker's format: `credHelpers.HOST` names a helper for one host,
-//! `credsStore` a helper for every host, and `auths.HOST.auth` is base64 `user:password`.
-//! A helper is run as `docker-credential-NAME get` with the server on standard input.
+//! `credsStore` a helper for every host, and `auths.HOST.auth` is base64 `user:password`;
+//! `auths.HOST.identitytoken` is an OAuth2 refresh token exchanged at the token realm, and
+//! `auths.HOST.registrytoken` a bearer token sent as it is.
+//! A helper is run as `docker-credential-NAME get` with the server on standard input; a reply
+//! whose user name is `<token>` carries an identity token, as Docker reads it.
 //! imgb writes only its own file (mode 0600), never Docker's: Docker's may be managed by a
 //! credential store that a plain write would bypass.
 
@@ -22,16 +25,29 @@ use base64::Engine;
 /// Docker Hub's key in Docker's `config.json` and its credential helpers' server name.
 const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
 
+/// What a credential helper's user name is when its secret is an identity token.
+const IDENTITY_TOKEN_USERNAME: &str = "<token>";
+
 /// A user name and password (or token) for one registry.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    /// An OAuth2 refresh token (`identitytoken`): exchanged for an access token at the
+    /// challenge's realm instead of sending the password.
+    pub identity_token: Option<String>,
+    /// A bearer token for the registry itself (`registrytoken`), sent without any exchange.
+    pub registry_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <redacted>)", self.username)
+        let kind = match (&self.registry_token, &self.identity_token) {
+            (Some(_), _) => "registry token",
+            (None, Some(_)) => "identity token",
+            (None, None) => "password",
+        };
+        write!(f, "Credentials({}, {kind} <redacted>)", self.username)
     }
 }
 
@@ -227,6 +243,10 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+    #[serde(default)]
+    registrytoken: Option<String>,
 }
 
 impl AuthConfig {
@@ -270,29 +290,36 @@ impl AuthConfig {
         else {
             return Ok(None);
         };
-        if let Some(auth) = entry.auth.as_deref().filter(|auth| !auth.is_empty()) {
-            let bad = |reason| AuthError::BadAuthField {
-                path: path.to_owned(),
-                host: domain.to_owned(),
-                reason,
-            };
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.trim())
-                .map_err(|_| bad("is not base64"))?;
-            let text = String::from_utf8(decoded).map_err(|_| bad("is not UTF-8"))?;
-            let (username, password) = text
-                .split_once(':')
-                .ok_or(bad("is not base64 of `user:password`"))?;
-            return Ok(Some(Credentials {
-                username: username.to_owned(),
-                password: password.to_owned(),
-            }));
+        let (username, password) = match entry.auth.as_deref().filter(|auth| !auth.is_empty()) {
+            Some(auth) => {
+                let bad = |reason| AuthError::BadAuthField {
+                    path: path.to_owned(),
+                    host: domain.to_owned(),
+                    reason,
+                };
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(auth.trim())
+                    .map_err(|_| bad("is not base64"))?;
+                let text = String::from_utf8(decoded).map_err(|_| bad("is not UTF-8"))?;
+                let (username, password) = text
+                    .split_once(':')
+                    .ok_or(bad("is not base64 of `user:password`"))?;
+                (Some(username.to_owned()), Some(password.to_owned()))
+            }
+            None => (entry.username.clone(), entry.password.clone()),
+        };
+        let token = |token: &Option<String>| token.clone().filter(|token| !token.is_empty());
+        let (identity_token, registry_token) =
+            (token(&entry.identitytoken), token(&entry.registrytoken));
+        if identity_token.is_none() && registry_token.is_none() && password.is_none() {
+            return Ok(None);
         }
-        Ok(entry
-            .username
-            .clone()
-            .zip(entry.password.clone())
-            .map(|(username, password)| Credentials { username, password }))
+        Ok(Some(Credentials {
+            username: username.unwrap_or_default(),
+            password: password.unwrap_or_default(),
+            identity_token,
+            registry_token,
+        }))
     }
 }
 
@@ -353,9 +380,17 @@ fn run_helper(helper: &str, domain: &str) -> Result<Option<Credentials>, AuthErr
     }
     let reply: HelperReply = serde_json::from_str(&stdout)
         .map_err(|error| fail(format!("unreadable reply: {error}")))?;
-    Ok(Some(Credentials {
-        username: reply.username,
-        password: reply.secret,
+    Ok(Some(if reply.username == IDENTITY_TOKEN_USERNAME {
+        Credentials {
+            identity_token: Some(reply.secret),
+            ..Credentials::default()
+        }
+    } else {
+        Credentials {
+            username: reply.username,
+            password: reply.secret,
+            ..Credentials::default()
+        }
     }))
 }
 
@@ -496,6 +531,7 @@ mod tests {
         let login = Credentials {
             username: "me".into(),
             password: "p:w".into(),
+            ..Credentials::default()
         };
         save_login(&first, "127.0.0.1:5000", &login).unwrap();
         assert_eq!(sources.lookup("127.0.0.1:5000").unwrap(), Some(login));

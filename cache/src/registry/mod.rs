@@ -61,6 +61,17 @@ pub struct RegistryConfig {
     pub chunk_size: u64,
     /// Attempts per request for transient failures (connection errors, 5xx, 429).
     pub attempts: u32,
+    /// A body that delivers less than this in any window is dropped (and retried): a server
+    /// trickling bytes (slow loris) would otherwise hold a build forever, as the read timeout
+    /// only bounds the wait for one byte.
+    pub stall: StallLimit,
+}
+
+/// The slowest acceptable body: at least `min_bytes` in every `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallLimit {
+    pub min_bytes: u64,
+    pub window: std::time::Duration,
 }
 
 impl RegistryConfig {
@@ -74,6 +85,10 @@ impl RegistryConfig {
             parallel_transfers: 4,
             chunk_size: 16 * 1024 * 1024,
             attempts: 4,
+            stall: StallLimit {
+                min_bytes: 1024,
+                window: std::time::Duration::from_secs(60),
+            },
         }
     }
 }
@@ -138,6 +153,17 @@ pub enum RegistryError {
         platform: String,
         available: String,
     },
+    #[error(
+        "{url}: the registry sent under {min_bytes} bytes in {seconds}s ({received} of the body \
+         so far); giving up on the stalled transfer",
+        seconds = window.as_secs_f64()
+    )]
+    Stalled {
+        url: String,
+        received: u64,
+        min_bytes: u64,
+        window: std::time::Duration,
+    },
     #[error("{url}: redirect {reason}")]
     Redirect { url: String, reason: String },
     #[error("recording the source of {digest}: {source}")]
@@ -175,7 +201,7 @@ impl RegistryError {
         match self {
             Self::Transport { hint, .. } => hint.is_none(),
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::TooShort { .. } => true,
+            Self::TooShort { .. } | Self::Stalled { .. } => true,
             _ => false,
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RANGE};
 use reqwest::{Method, Response, StatusCode};
 
-use super::transport::{Call, status_error, transport_error};
-use super::{Registry, RegistryError, Repository};
+use super::transport::{Call, read_body, status_error};
+use super::{Registry, RegistryError, Repository, StallLimit};
 use crate::digest::Digest;
 use crate::image::StoredImage;
 use crate::oci::{
@@ -79,7 +79,7 @@ impl Repository {
                 let content_type = header(CONTENT_TYPE.as_str());
                 let announced = header(DOCKER_CONTENT_DIGEST);
                 let url = response.url().to_string();
-                let bytes = read_manifest(response, &url).await?;
+                let bytes = read_manifest(response, &url, self.registry.config().stall).await?;
                 Ok((url, content_type, announced, bytes))
             })
             .await?;
@@ -157,7 +157,7 @@ impl Repository {
         if offset > 0 {
             call = call.header(RANGE, &format!("bytes={offset}-"));
         }
-        let mut response = self.transport().send(&self.domain, &call).await?;
+        let response = self.transport().send(&self.domain, &call).await?;
         let url = response.url().clone();
         match response.status() {
             StatusCode::OK if offset > 0 => *writer = store.blob_writer()?,
@@ -178,11 +178,8 @@ impl Repository {
             }
             _ => return Err(status_error(&call.method, response).await),
         }
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| transport_error(&call.method, &url, &error))?
-        {
+        let limit = self.registry.config().stall;
+        read_body(response, limit, |chunk| {
             if writer.written() + chunk.len() as u64 > descriptor.size {
                 return Err(RegistryError::TooLong {
                     url: url.to_string(),
@@ -191,9 +188,10 @@ impl Repository {
                 });
             }
             writer
-                .write_all(&chunk)
-                .map_err(StoreError::io("write blob", store.tmp_dir()))?;
-        }
+                .write_all(chunk)
+                .map_err(|error| StoreError::io("write blob", store.tmp_dir())(error).into())
+        })
+        .await?;
         if writer.written() < descriptor.size {
             return Err(RegistryError::TooShort {
                 url: url.to_string(),
@@ -321,21 +319,23 @@ fn resumes_at(response: &Response, offset: u64) -> bool {
         == Some(offset)
 }
 
-async fn read_manifest(mut response: Response, url: &str) -> Result<Vec<u8>, RegistryError> {
+async fn read_manifest(
+    response: Response,
+    url: &str,
+    limit: StallLimit,
+) -> Result<Vec<u8>, RegistryError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|error| transport_error(&Method::GET, response.url(), &error))?
-    {
-        bytes.extend_from_slice(&chunk);
+    read_body(response, limit, |chunk| {
+        bytes.extend_from_slice(chunk);
         if bytes.len() > MANIFEST_LIMIT {
             return Err(RegistryError::BadManifest {
                 reference: url.to_owned(),
                 reason: format!("larger than {MANIFEST_LIMIT} bytes"),
             });
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(bytes)
 }
 

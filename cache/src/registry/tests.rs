@@ -17,16 +17,19 @@ struct Seen {
     method: String,
     path: String,
     headers: BTreeMap<String, String>,
+    body: Vec<u8>,
 }
 
 /// What the fake server answers: status, headers, body; `cut` closes the connection after
-/// that many body bytes (a dropped download).
+/// that many body bytes (a dropped download); `trickle` sends the body a byte at a time with
+/// that pause between bytes (a slow loris).
 #[derive(Debug, Clone, Default)]
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     cut: Option<usize>,
+    trickle: Option<std::time::Duration>,
 }
 
 impl Reply {
@@ -114,6 +117,7 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
         method,
         path,
         headers,
+        body,
     };
     log.lock().unwrap().push(seen.clone());
     let reply = handler(&seen);
@@ -129,7 +133,19 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
     head.push_str("\r\n");
     let body = &reply.body[..reply.cut.unwrap_or(reply.body.len())];
     let _ = out.write_all(head.as_bytes());
-    let _ = out.write_all(body);
+    match reply.trickle {
+        None => {
+            let _ = out.write_all(body);
+        }
+        Some(pause) => {
+            for byte in body {
+                if out.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        }
+    }
 }
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -149,6 +165,7 @@ fn with_credentials(file: &std::path::Path, host: &str) -> Registry {
     let credentials = Credentials {
         username: "user".into(),
         password: "secret".into(),
+        ..Credentials::default()
     };
     auth::save_login(file, host, &credentials).unwrap();
     let mut config = RegistryConfig::from_env();
@@ -496,4 +513,218 @@ async fn a_pull_by_index_digest_stores_manifest_and_config_only_and_is_found_off
     );
     let (_, found) = store.find_image(&name).unwrap();
     assert_eq!(found, image);
+}
+
+#[tokio::test]
+async fn a_huge_manifest_is_refused_past_the_size_cap() {
+    let server = FakeServer::start(|_| {
+        let mut huge = br#"{"schemaVersion":2,"manifests":["#.to_vec();
+        huge.resize(MANIFEST_TEST_SIZE, b' ');
+        Reply::new(200, huge).header("Content-Type", media_type::OCI_INDEX)
+    });
+    let (_dir, store) = store();
+    let error = registry()
+        .pull_image(
+            &store,
+            &reference(&server.host(), "app:1"),
+            &Platform::host(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, RegistryError::BadManifest { reason, .. } if reason.contains("larger than")),
+        "{error}"
+    );
+    assert_nothing_stored(&store);
+}
+
+/// Past the 4 MiB manifest limit.
+const MANIFEST_TEST_SIZE: usize = 5 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_body_trickled_slower_than_the_stall_limit_is_dropped_and_not_stored() {
+    let content = vec![7u8; 400];
+    let descriptor = blob_descriptor(&content);
+    let server = FakeServer::start(move |_| Reply {
+        trickle: Some(std::time::Duration::from_millis(50)),
+        ..Reply::new(200, content.clone())
+    });
+    let mut config = RegistryConfig::from_env();
+    config.credentials = CredentialSources::default();
+    config.attempts = 1;
+    config.stall = StallLimit {
+        min_bytes: 100,
+        window: std::time::Duration::from_millis(400),
+    };
+    let (_dir, store) = store();
+    let error = fetch(&Registry::new(config), &server.host(), &store, &descriptor)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, RegistryError::Stalled { min_bytes: 100, .. }),
+        "{error}"
+    );
+    assert_nothing_stored(&store);
+}
+
+/// A registry that wants `Bearer access-1` and a token realm on the same fake server that
+/// hands it out for the OAuth2 refresh token `refresh-1` (POST), or, when `post_supported` is
+/// false, answers POST with 404 and takes the refresh token as the basic password on GET.
+fn oauth_registry(post_supported: bool) -> FakeServer {
+    let port = Arc::new(Mutex::new(0u16));
+    let realm_port = port.clone();
+    let server = FakeServer::start(move |seen| {
+        if seen.path.starts_with("/token") {
+            let form: BTreeMap<String, String> = reqwest::Url::parse(&format!(
+                "http://x/?{}",
+                String::from_utf8_lossy(&seen.body)
+            ))
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("user:refresh-1")
+            );
+            let granted = match (seen.method.as_str(), post_supported) {
+                ("POST", true) => {
+                    form.get("grant_type").map(String::as_str) == Some("refresh_token")
+                        && form.get("refresh_token").map(String::as_str) == Some("refresh-1")
+                        && form.get("client_id").map(String::as_str) == Some("imgb")
+                        && form.get("service").map(String::as_str) == Some("fake")
+                        && form.get("scope").map(String::as_str) == Some("repository:app:pull")
+                }
+                ("POST", false) => return Reply::new(404, ""),
+                _ => seen.headers.get("authorization") == Some(&basic),
+            };
+            return match granted {
+                true => Reply::new(200, r#"{"access_token":"access-1","expires_in":300}"#),
+                false => Reply::new(401, ""),
+            };
+        }
+        match seen.headers.get("authorization").map(String::as_str) {
+            Some("Bearer access-1") => Reply::new(200, b"blob".to_vec()),
+            _ => Reply::new(401, "").header(
+                "WWW-Authenticate",
+                format!(
+                    r#"Bearer realm="http://127.0.0.1:{}/token",service="fake""#,
+                    realm_port.lock().unwrap()
+                ),
+            ),
+        }
+    });
+    *port.lock().unwrap() = server.port;
+    server
+}
+
+/// A client whose Docker `config.json` holds `entry` for `host`.
+fn with_docker_config_entry(
+    dir: &std::path::Path,
+    host: &str,
+    entry: serde_json::Value,
+) -> Registry {
+    let file = dir.join("config.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({ "auths": { host: entry } }).to_string(),
+    )
+    .unwrap();
+    let mut config = RegistryConfig::from_env();
+    config.credentials = CredentialSources { files: vec![file] };
+    config.attempts = 2;
+    Registry::new(config)
+}
+
+async fn fetch_with_identity_token(post_supported: bool) -> Vec<Seen> {
+    let server = oauth_registry(post_supported);
+    let dir = tempfile::tempdir().unwrap();
+    let registry = with_docker_config_entry(
+        dir.path(),
+        &server.host(),
+        serde_json::json!({
+            "auth": base64::engine::general_purpose::STANDARD.encode("user:"),
+            "identitytoken": "refresh-1",
+        }),
+    );
+    let (_root, store) = store();
+    let info = fetch(&registry, &server.host(), &store, &blob_descriptor(b"blob"))
+        .await
+        .unwrap();
+    assert_eq!(store.read_blob(&info.digest).unwrap(), b"blob");
+    server
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.path.starts_with("/token"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_identity_token_is_exchanged_for_an_access_token_with_an_oauth2_post() {
+    let token_requests = fetch_with_identity_token(true).await;
+    let methods: Vec<&str> = token_requests.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(methods, ["POST"]);
+    assert!(
+        !token_requests[0].headers.contains_key("authorization"),
+        "the refresh token travels in the form only"
+    );
+}
+
+#[tokio::test]
+async fn an_identity_token_falls_back_to_basic_get_where_the_realm_refuses_post() {
+    let token_requests = fetch_with_identity_token(false).await;
+    let methods: Vec<&str> = token_requests.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(methods, ["POST", "GET"]);
+}
+
+#[tokio::test]
+async fn a_registry_token_is_sent_as_the_bearer_token_without_an_exchange() {
+    let server =
+        FakeServer::start(
+            |seen| match seen.headers.get("authorization").map(String::as_str) {
+                Some("Bearer registry-token-1") => Reply::new(200, b"blob".to_vec()),
+                _ => Reply::new(401, "").header(
+                    "WWW-Authenticate",
+                    r#"Bearer realm="http://127.0.0.1:1/token",service="fake""#,
+                ),
+            },
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let registry = with_docker_config_entry(
+        dir.path(),
+        &server.host(),
+        serde_json::json!({ "registrytoken": "registry-token-1" }),
+    );
+    let (_root, store) = store();
+    fetch(&registry, &server.host(), &store, &blob_descriptor(b"blob"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_server_is_retried_with_backoff() {
+    let attempts = Arc::new(Mutex::new(0));
+    let counted = attempts.clone();
+    let server = FakeServer::start(move |seen| {
+        if !seen.path.contains("/blobs/") {
+            return Reply::new(200, "");
+        }
+        let mut attempts = counted.lock().unwrap();
+        *attempts += 1;
+        match *attempts {
+            1 => Reply::new(503, "overloaded"),
+            _ => Reply::new(200, b"blob".to_vec()),
+        }
+    });
+    let (_dir, store) = store();
+    let info = fetch(
+        &registry(),
+        &server.host(),
+        &store,
+        &blob_descriptor(b"blob"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.read_blob(&info.digest).unwrap(), b"blob");
+    assert_eq!(*attempts.lock().unwrap(), 2);
 }

@@ -20,13 +20,15 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{AuthError, Challenge, Credentials};
-use super::{RegistryConfig, RegistryError};
+use super::{RegistryConfig, RegistryError, StallLimit};
 
 const MAX_REDIRECTS: usize = 5;
 /// How much of an error body is kept for the message (registries send short JSON errors).
 const ERROR_BODY_LIMIT: usize = 8 * 1024;
 const TOKEN_BODY_LIMIT: usize = 1024 * 1024;
 const USER_AGENT: &str = concat!("imgb/", env!("CARGO_PKG_VERSION"));
+/// The OAuth2 `client_id` of refresh-token exchanges.
+const OAUTH_CLIENT_ID: &str = "imgb";
 
 /// Docker Hub's API answers on another name than its references use.
 fn api_host(domain: &str) -> &str {
@@ -259,9 +261,15 @@ impl Transport {
         let challenge = challenge.and_then(Challenge::parse).ok_or_else(|| {
             unauthorized("401 without a usable WWW-Authenticate challenge".into())
         })?;
+        if let Some(token) = credentials
+            .as_ref()
+            .and_then(|credentials| credentials.registry_token.as_ref())
+        {
+            return Ok(format!("Bearer {token}"));
+        }
         match challenge {
             Challenge::Basic => match credentials {
-                Some(credentials) => Ok(basic(&credentials)),
+                Some(credentials) => Ok(basic(&credentials.username, &credentials.password)),
                 None => Err(unauthorized(
                     "the registry needs a user name and password".into(),
                 )),
@@ -271,47 +279,39 @@ impl Transport {
                 service,
                 scope,
             } => {
-                let mut url = Url::parse(&realm).map_err(|error| {
+                let realm = Url::parse(&realm).map_err(|error| {
                     unauthorized(format!("token realm {realm:?} is not a URL: {error}"))
                 })?;
-                {
-                    let mut query = url.query_pairs_mut();
-                    if let Some(service) = &service {
-                        query.append_pair("service", service);
+                let scopes: Vec<&str> = scopes
+                    .iter()
+                    .chain(scope.iter())
+                    .map(String::as_str)
+                    .collect();
+                let request = TokenRequest {
+                    endpoint,
+                    realm: &realm,
+                    service: service.as_deref(),
+                    scopes: &scopes,
+                    domain,
+                };
+                let Some(credentials) = credentials else {
+                    return request.get(None).await;
+                };
+                let Some(refresh_token) = &credentials.identity_token else {
+                    let authorization = basic(&credentials.username, &credentials.password);
+                    return request.get(Some(authorization)).await;
+                };
+                match request.post_refresh_token(refresh_token).await {
+                    // As containerd: registries without OAuth2 POST (GCR: 404, Artifactory:
+                    // 401, ACR: 400) take the refresh token as a password on GET.
+                    Err(TokenError::Status(status))
+                        if matches!(status.as_u16(), 400 | 401 | 404 | 405) =>
+                    {
+                        let authorization = basic(&credentials.username, refresh_token);
+                        request.get(Some(authorization)).await
                     }
-                    for scope in scopes.iter().chain(scope.iter()) {
-                        query.append_pair("scope", scope);
-                    }
+                    other => other.map_err(|error| request.error(error)),
                 }
-                let mut request = endpoint.client.get(url.clone());
-                if let Some(credentials) = &credentials {
-                    request = request.header(AUTHORIZATION, basic(credentials));
-                }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|error| transport_error(&Method::GET, &url, &error))?;
-                if !response.status().is_success() {
-                    return Err(unauthorized(format!(
-                        "the token service {} answered {}",
-                        url.origin().ascii_serialization(),
-                        response.status()
-                    )));
-                }
-                let body = read_limited(response, TOKEN_BODY_LIMIT)
-                    .await
-                    .map_err(|error| transport_error(&Method::GET, &url, &error))?;
-                #[derive(serde::Deserialize)]
-                struct TokenResponse {
-                    token: Option<String>,
-                    access_token: Option<String>,
-                }
-                let token = serde_json::from_slice::<TokenResponse>(&body)
-                    .ok()
-                    .and_then(|reply| reply.token.or(reply.access_token))
-                    .filter(|token| !token.is_empty())
-                    .ok_or_else(|| unauthorized("the token service sent no token".into()))?;
-                Ok(format!("Bearer {token}"))
             }
         }
     }
@@ -407,6 +407,103 @@ impl Transport {
     }
 }
 
+/// One token fetch from a challenge's realm.
+struct TokenRequest<'a> {
+    endpoint: &'a Endpoint,
+    realm: &'a Url,
+    service: Option<&'a str>,
+    scopes: &'a [&'a str],
+    domain: &'a str,
+}
+
+/// Why the token service gave no token.
+enum TokenError {
+    Transport(RegistryError),
+    Status(StatusCode),
+    NoToken,
+}
+
+impl TokenRequest<'_> {
+    /// The docker token protocol: `GET realm?service=..&scope=..`, with basic credentials when
+    /// there are any.
+    async fn get(&self, authorization: Option<String>) -> Result<String, RegistryError> {
+        let mut url = self.realm.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = self.service {
+                query.append_pair("service", service);
+            }
+            for scope in self.scopes {
+                query.append_pair("scope", scope);
+            }
+        }
+        let mut request = self.endpoint.client.get(url);
+        if let Some(authorization) = authorization {
+            request = request.header(AUTHORIZATION, authorization);
+        }
+        self.token_of(request)
+            .await
+            .map_err(|error| self.error(error))
+    }
+
+    /// OAuth2: `POST realm` with the refresh token as a form (scopes space-separated).
+    async fn post_refresh_token(&self, refresh_token: &str) -> Result<String, TokenError> {
+        let scope = self.scopes.join(" ");
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", OAUTH_CLIENT_ID),
+            ("scope", scope.as_str()),
+        ];
+        if let Some(service) = self.service {
+            form.push(("service", service));
+        }
+        let request = self.endpoint.client.post(self.realm.clone()).form(&form);
+        self.token_of(request).await
+    }
+
+    async fn token_of(&self, request: reqwest::RequestBuilder) -> Result<String, TokenError> {
+        let response = request.send().await.map_err(|error| {
+            TokenError::Transport(transport_error(&Method::GET, self.realm, &error))
+        })?;
+        if !response.status().is_success() {
+            return Err(TokenError::Status(response.status()));
+        }
+        let body = read_limited(response, TOKEN_BODY_LIMIT)
+            .await
+            .map_err(|error| {
+                TokenError::Transport(transport_error(&Method::GET, self.realm, &error))
+            })?;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let token = serde_json::from_slice::<TokenResponse>(&body)
+            .ok()
+            .and_then(|reply| reply.token.or(reply.access_token))
+            .filter(|token| !token.is_empty())
+            .ok_or(TokenError::NoToken)?;
+        Ok(format!("Bearer {token}"))
+    }
+
+    fn error(&self, error: TokenError) -> RegistryError {
+        let detail = match error {
+            TokenError::Transport(error) => return error,
+            TokenError::Status(status) => format!(
+                "the token service {} answered {status}",
+                self.realm.origin().ascii_serialization()
+            ),
+            TokenError::NoToken => "the token service sent no token".to_owned(),
+        };
+        RegistryError::Unauthorized {
+            host: self.domain.to_owned(),
+            url: self.endpoint.base.to_string(),
+            detail,
+        }
+    }
+}
+
 fn crt_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
@@ -419,8 +516,8 @@ fn crt_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn basic(credentials: &Credentials) -> String {
-    let pair = format!("{}:{}", credentials.username, credentials.password);
+fn basic(username: &str, password: &str) -> String {
+    let pair = format!("{username}:{password}");
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
@@ -572,6 +669,46 @@ async fn error_detail(response: Response) -> String {
             .filter(|c| !c.is_control())
             .take(200)
             .collect(),
+    }
+}
+
+/// Reads `response`'s body, handing each chunk to `sink`; fails when the body arrives slower
+/// than `limit` allows.
+pub(super) async fn read_body(
+    mut response: Response,
+    limit: StallLimit,
+    mut sink: impl FnMut(&[u8]) -> Result<(), RegistryError>,
+) -> Result<(), RegistryError> {
+    let url = response.url().clone();
+    let mut window_end = tokio::time::Instant::now() + limit.window;
+    let (mut in_window, mut received) = (0u64, 0u64);
+    loop {
+        let next = tokio::time::timeout_at(window_end, response.chunk()).await;
+        let waited_out = next.is_err();
+        let chunk = match next {
+            Ok(chunk) => chunk.map_err(|error| transport_error(&Method::GET, &url, &error))?,
+            Err(_elapsed) => None,
+        };
+        if let Some(chunk) = &chunk {
+            in_window += chunk.len() as u64;
+            received += chunk.len() as u64;
+            sink(chunk)?;
+        }
+        if tokio::time::Instant::now() >= window_end {
+            if in_window < limit.min_bytes {
+                return Err(RegistryError::Stalled {
+                    url: url.to_string(),
+                    received,
+                    min_bytes: limit.min_bytes,
+                    window: limit.window,
+                });
+            }
+            window_end = tokio::time::Instant::now() + limit.window;
+            in_window = 0;
+        }
+        if chunk.is_none() && !waited_out {
+            return Ok(());
+        }
     }
 }
 
