@@ -728,3 +728,47 @@ async fn a_failing_server_is_retried_with_backoff() {
     assert_eq!(store.read_blob(&info.digest).unwrap(), b"blob");
     assert_eq!(*attempts.lock().unwrap(), 2);
 }
+
+#[tokio::test]
+async fn a_failed_upload_is_retried_in_a_new_session_and_the_blob_confirmed() {
+    let content = b"layer to push".to_vec();
+    let descriptor = blob_descriptor(&content);
+    let puts = Arc::new(Mutex::new(0));
+    let counted = puts.clone();
+    let server = FakeServer::start(move |seen| match seen.method.as_str() {
+        "HEAD" => Reply::new(404, ""),
+        "POST" => Reply::new(202, "").header("Location", "/v2/app/blobs/uploads/session"),
+        "PUT" => {
+            let mut puts = counted.lock().unwrap();
+            *puts += 1;
+            match *puts {
+                1 => Reply::new(500, "storage hiccup"),
+                _ => Reply::new(201, ""),
+            }
+        }
+        _ => Reply::new(200, ""),
+    });
+    let (_dir, store) = store();
+    store.write_blob(&content).unwrap();
+    let how = registry()
+        .repository(&reference(&server.host(), "app"))
+        .push_blob(&store, &descriptor)
+        .await
+        .unwrap();
+    assert_eq!(how, BlobPush::Uploaded);
+    let seen = server.seen();
+    let uploads: Vec<(&str, &[u8])> = seen
+        .iter()
+        .filter(|seen| seen.path.contains("/uploads/"))
+        .map(|seen| (seen.method.as_str(), seen.body.as_slice()))
+        .collect();
+    assert_eq!(
+        uploads,
+        [
+            ("POST", &b""[..]),
+            ("PUT", &content[..]),
+            ("POST", &b""[..]),
+            ("PUT", &content[..]),
+        ]
+    );
+}
