@@ -309,7 +309,8 @@ fn build_with_cache_mounts(
 
 /// Root A runs the counter twice (its mount holds two lines) and exports with cache mounts;
 /// root B, empty, imports them: its RUN, made to miss by another `PASS`, appends to A's
-/// contents. The `big` mount is over the 1MiB cap: a warning names it, and B starts it empty.
+/// contents, and later builds in B keep their own. The `big` mount is over the 1MiB cap: a
+/// warning names it, and B starts it empty.
 fn assert_cache_mounts_travel(dir: &Path, busybox: &Path, cache_to: &str, cache_from: &str) {
     let context = busybox_context(&dir.join("ctx"), busybox, CACHE_MOUNTS_DOCKERFILE);
     let root_a = dir.join("root-a");
@@ -348,6 +349,21 @@ fn assert_cache_mounts_travel(dir: &Path, busybox: &Path, cache_to: &str, cache_
         std::fs::read_to_string(out_b.join("big-before")).unwrap(),
         "",
         "{imported}"
+    );
+
+    // B has the mount now: its own contents win over the cache's.
+    let out_b2 = dir.join("out-b2");
+    let again = build_with_cache_mounts(
+        &dir.join("root-b"),
+        &context,
+        "b2",
+        &out_b2,
+        &["--cache-from", cache_from],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_b2.join("count")).unwrap(),
+        "pass a1\npass a2\npass b\npass b2\n",
+        "{again}"
     );
 }
 
