@@ -372,26 +372,35 @@ fn run_helper(helper: &str, domain: &str) -> Result<Option<Credentials>, AuthErr
         }
         return Err(fail(format!("{}: {}", output.status, said.trim())));
     }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct HelperReply {
-        username: String,
-        secret: String,
-    }
     let reply: HelperReply = serde_json::from_str(&stdout)
         .map_err(|error| fail(format!("unreadable reply: {error}")))?;
-    Ok(Some(if reply.username == IDENTITY_TOKEN_USERNAME {
-        Credentials {
-            identity_token: Some(reply.secret),
-            ..Credentials::default()
+    Ok(Some(reply.into()))
+}
+
+/// What `docker-credential-NAME get` prints.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperReply {
+    username: String,
+    secret: String,
+}
+
+impl From<HelperReply> for Credentials {
+    /// As Docker: the user name `<token>` marks the secret as an identity token.
+    fn from(reply: HelperReply) -> Self {
+        if reply.username == IDENTITY_TOKEN_USERNAME {
+            Credentials {
+                identity_token: Some(reply.secret),
+                ..Credentials::default()
+            }
+        } else {
+            Credentials {
+                username: reply.username,
+                password: reply.secret,
+                ..Credentials::default()
+            }
         }
-    } else {
-        Credentials {
-            username: reply.username,
-            password: reply.secret,
-            ..Credentials::default()
-        }
-    }))
+    }
 }
 
 /// A `WWW-Authenticate` challenge.
@@ -465,6 +474,21 @@ fn parse_params(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_helper_reply_for_the_token_user_is_an_identity_token() {
+        let reply =
+            |json: &str| Credentials::from(serde_json::from_str::<HelperReply>(json).unwrap());
+        let token = reply(r#"{"ServerURL":"r","Username":"<token>","Secret":"refresh"}"#);
+        assert_eq!(token.identity_token.as_deref(), Some("refresh"));
+        assert_eq!((token.username.as_str(), token.password.as_str()), ("", ""));
+        let password = reply(r#"{"Username":"me","Secret":"pw"}"#);
+        assert_eq!(password.identity_token, None);
+        assert_eq!(
+            (password.username.as_str(), password.password.as_str()),
+            ("me", "pw")
+        );
+    }
 
     #[test]
     fn bearer_challenge_with_quoted_and_escaped_values() {
