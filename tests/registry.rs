@@ -291,6 +291,27 @@ fn loopback_registry_over_plain_http_needs_no_flag_layers_come_lazily_and_pull_r
         assert_eq!(inspected["Layers"][0], base_layer.as_str());
     }
 
+    // `imgb push` of a stored image to several names: every blob mounted, none downloaded.
+    let pushed = env.imgb_ok(
+        &root,
+        &[
+            "push",
+            &format!("{host}/one:1"),
+            &format!("{host}/three:1"),
+            &format!("{host}/four:1"),
+        ],
+    );
+    let digest = skopeo_inspect(&skopeo, &registry, "one:1")["Digest"].clone();
+    for name in ["three:1", "four:1"] {
+        assert_eq!(
+            skopeo_inspect(&skopeo, &registry, name)["Digest"],
+            digest,
+            "{}",
+            stderr(&pushed)
+        );
+    }
+    assert!(!layer_blob.exists(), "{}", stderr(&pushed));
+
     // Running the image needs its filesystem: the base layer is fetched then.
     let ran = env.imgb_ok(
         &root,
