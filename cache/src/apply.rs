@@ -13,8 +13,8 @@
 //!   become overlayfs whiteouts, a 0:0 character device named NAME and the `overlay.opaque`
 //!   xattr on the directory. Either way a whiteout naming `.`, `..` or nothing is refused.
 //! - An existing path is replaced unless both old and new are directories (then merged).
-//! - Limits on entry count, path length and decompressed/compressed ratio stop hostile input
-//!   with an error saying which limit to raise.
+//! - Limits on entry count, path length, directory depth and decompressed/compressed ratio stop
+//!   hostile input with an error saying which limit to raise.
 //! - Directory modes and mtimes are applied last, so read-only directories and mtimes survive
 //!   the writing of their children. Ownership is applied when `preserve_ownership` is set (the
 //!   default for root); device nodes are skipped when the kernel refuses them (rootless), and
@@ -63,6 +63,9 @@ pub struct ApplyLimits {
     pub max_entries: u64,
     /// Bytes in one entry name or link target.
     pub max_path_bytes: usize,
+    /// Directories between the root and an entry, after symlinks are resolved (symlinks can
+    /// nest deeper than any one name spells out).
+    pub max_depth: usize,
     /// Decompressed tar bytes per compressed byte...
     pub max_expansion_ratio: u64,
     /// ...checked only once the tar exceeds this many bytes, so small, highly compressible
@@ -75,6 +78,7 @@ impl Default for ApplyLimits {
         Self {
             max_entries: 1 << 22,
             max_path_bytes: 4096,
+            max_depth: 512,
             max_expansion_ratio: 1024,
             expansion_floor: 1 << 30,
         }
@@ -467,6 +471,16 @@ impl Applier<'_> {
             .resolve_dir(&components, Missing::Create)
             .map_err(|source| resolve_error(entry, source))?
             .ok_or_else(|| invalid(entry, "parent directory could not be created"))?;
+        let depth = dir.path.components().count() + 1;
+        let max_depth = self.options.limits.max_depth;
+        if depth > max_depth {
+            return Err(ApplyError::LimitExceeded {
+                limit: "directory depth",
+                field: "max_depth",
+                value: depth as u64,
+                max: max_depth as u64,
+            });
+        }
         Ok((components, dir))
     }
 

@@ -2,7 +2,7 @@
 //! (`pkg/archive/tar_test.go`, TestBreakouts) ported to hand-built archives.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -16,7 +16,19 @@ struct Archive {
 }
 
 impl Archive {
-    fn entry(mut self, path: &str, kind: Kind, mode: u32, link: &str, content: &[u8]) -> Self {
+    fn entry(self, path: &str, kind: Kind, mode: u32, link: &str, content: &[u8]) -> Self {
+        self.entry_with_device(path, kind, mode, link, content, (0, 0))
+    }
+
+    fn entry_with_device(
+        mut self,
+        path: &str,
+        kind: Kind,
+        mode: u32,
+        link: &str,
+        content: &[u8],
+        device: (u32, u32),
+    ) -> Self {
         let header = EntryHeader {
             path: path.as_bytes(),
             kind,
@@ -26,7 +38,7 @@ impl Archive {
             size: content.len() as u64,
             mtime: 1_600_000_000,
             link: link.as_bytes(),
-            device: (0, 0),
+            device,
             xattrs: &[],
         };
         write_header(&mut self.bytes, &header).unwrap();
@@ -822,4 +834,266 @@ fn entries_resolve_through_symlinks_and_directories_of_the_layers_below() {
         ),
         "{error}"
     );
+}
+
+// Hostile archives beyond containerd's list (issue 8, class 2).
+
+#[test]
+fn containerd_directory_creation_makes_missing_parents() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.root().join("etc")).unwrap();
+    let archive = Archive::default()
+        .dir("/etc/subdir", 0o755)
+        .dir("/etc/subdir2/", 0o755)
+        .dir("/etc/subdir2/more", 0o755)
+        .dir("/other/noparent-1/1", 0o755)
+        .dir("/other/noparent-2/2/", 0o755);
+    sandbox.apply(archive.finish()).unwrap();
+    for dir in [
+        "etc/subdir",
+        "etc/subdir2/more",
+        "other/noparent-1/1",
+        "other/noparent-2/2",
+    ] {
+        assert!(sandbox.root().join(dir).is_dir(), "{dir}");
+    }
+}
+
+#[test]
+fn hardlink_then_overwrite_replaces_the_link_not_its_target() {
+    let sandbox = Sandbox::new();
+    let archive = passwd_archive().link("/etc/passwd", "localpasswd").file(
+        "localpasswd",
+        b"overwritten",
+        0o644,
+    );
+    sandbox.apply(archive.finish()).unwrap();
+    assert_eq!(sandbox.read("etc/passwd"), b"inside");
+    assert_eq!(sandbox.read("localpasswd"), b"overwritten");
+}
+
+#[test]
+fn symlink_then_overwrite_replaces_the_symlink_not_its_target() {
+    let sandbox = Sandbox::new();
+    let host_file = sandbox.dir.path().join("host-file");
+    fs::write(&host_file, b"host").unwrap();
+    let archive = passwd_archive()
+        .symlink(host_file.to_str().unwrap(), "outward")
+        .file("outward", b"overwritten", 0o644)
+        .symlink("/etc/passwd", "inward")
+        .file("inward", b"overwritten", 0o644)
+        .symlink("/etc", "dirlink")
+        .dir("dirlink", 0o755)
+        .file("dirlink/passwd", b"new", 0o644);
+    sandbox.apply(archive.finish()).unwrap();
+    assert_eq!(fs::read(&host_file).unwrap(), b"host");
+    assert_eq!(sandbox.read("etc/passwd"), b"inside");
+    for name in ["outward", "inward"] {
+        let meta = sandbox.root().join(name).symlink_metadata().unwrap();
+        assert!(meta.is_file(), "{name} is a plain file now");
+    }
+    assert!(
+        sandbox
+            .root()
+            .join("dirlink")
+            .symlink_metadata()
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(sandbox.read("dirlink/passwd"), b"new");
+}
+
+#[test]
+fn entries_naming_the_root_never_replace_it() {
+    let sandbox = Sandbox::new();
+    let outside = sandbox.dir.path().to_str().unwrap().to_owned();
+    let archive = passwd_archive()
+        .symlink(&outside, ".")
+        .symlink(&outside, "/")
+        .symlink(&outside, "./")
+        .link("/etc/passwd", "/")
+        .link("/etc/passwd", "..")
+        .entry("./..", Kind::Fifo, 0o644, "", b"")
+        .file("/", b"x", 0o644)
+        .file("etc/..", b"x", 0o644)
+        .file("after", b"still inside", 0o644);
+    sandbox.apply(archive.finish()).unwrap();
+    let meta = sandbox.root().symlink_metadata().unwrap();
+    assert!(meta.is_dir(), "the root is still a directory");
+    assert_eq!(sandbox.read("after"), b"still inside");
+    assert_eq!(sandbox.read("etc/passwd"), b"inside");
+}
+
+#[test]
+fn opaque_marker_before_its_siblings_keeps_them() {
+    let sandbox = Sandbox::new();
+    fs::create_dir_all(sandbox.root().join("d")).unwrap();
+    fs::write(sandbox.root().join("d/lower"), b"").unwrap();
+    let archive = Archive::default()
+        .file("d/.wh..wh..opq", b"", 0o644)
+        .file("d/new", b"", 0o644)
+        .dir("d/sub", 0o755);
+    sandbox.apply(archive.finish()).unwrap();
+    let root = sandbox.root();
+    assert!(!root.join("d/lower").exists());
+    assert!(root.join("d/new").exists());
+    assert!(root.join("d/sub").is_dir());
+}
+
+#[test]
+fn bare_whiteout_prefix_is_refused_in_every_mode() {
+    let modes = [
+        Whiteouts::Remove,
+        Whiteouts::Overlay(OverlayXattrs::for_current_user()),
+    ];
+    for whiteouts in modes {
+        for name in [".wh.", "etc/.wh."] {
+            let sandbox = Sandbox::new();
+            lower_with_passwd(&sandbox);
+            let archive = Archive::default().file(name, b"", 0o644).finish();
+            let options = ApplyOptions {
+                whiteouts,
+                ..ApplyOptions::default()
+            };
+            assert_invalid(apply_layer(&archive[..], &sandbox.root(), &options));
+            assert_eq!(sandbox.read("etc/passwd"), b"inside", "{name}");
+        }
+    }
+}
+
+#[test]
+fn whiteout_of_a_missing_path_changes_nothing() {
+    let sandbox = Sandbox::new();
+    lower_with_passwd(&sandbox);
+    let archive = Archive::default()
+        .file(".wh.nothere", b"", 0o644)
+        .file("missing/dir/.wh.x", b"", 0o644)
+        .file("etc/passwd/.wh.x", b"", 0o644)
+        .file("missing/.wh..wh..opq", b"", 0o644);
+    sandbox.apply(archive.finish()).unwrap();
+    assert!(
+        !sandbox.root().join("missing").exists(),
+        "no parent created"
+    );
+    assert_eq!(sandbox.read("etc/passwd"), b"inside");
+}
+
+#[test]
+fn whiteout_names_ending_in_a_slash_remove_the_directory_and_inner_ones_are_plain() {
+    let sandbox = Sandbox::new();
+    fs::create_dir_all(sandbox.root().join("sub/deeper")).unwrap();
+    fs::create_dir_all(sandbox.root().join("b")).unwrap();
+    let archive = Archive::default()
+        .dir(".wh.sub/", 0o755)
+        .file("a/.wh.b/c", b"plain", 0o644);
+    sandbox.apply(archive.finish()).unwrap();
+    assert!(!sandbox.root().join("sub").exists());
+    assert!(sandbox.root().join("b").is_dir());
+    assert_eq!(sandbox.read("a/.wh.b/c"), b"plain");
+}
+
+/// An archive that never ends: the same member over and over.
+struct EndlessEntries {
+    member: Vec<u8>,
+    at: usize,
+}
+
+impl Read for EndlessEntries {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut written = 0;
+        while written < buf.len() {
+            let rest = &self.member[self.at..];
+            let n = rest.len().min(buf.len() - written);
+            buf[written..written + n].copy_from_slice(&rest[..n]);
+            written += n;
+            self.at = (self.at + n) % self.member.len();
+        }
+        Ok(written)
+    }
+}
+
+#[test]
+fn endless_stream_of_entries_stops_at_the_entry_limit() {
+    let sandbox = Sandbox::new();
+    let member = Archive::default().file(".wh.nothing", b"", 0o644).bytes;
+    let endless = EndlessEntries { member, at: 0 };
+    let options = ApplyOptions {
+        limits: ApplyLimits {
+            max_entries: 20_000,
+            ..ApplyLimits::default()
+        },
+        ..ApplyOptions::default()
+    };
+    let error = apply_layer(endless, &sandbox.root(), &options).unwrap_err();
+    match error {
+        ApplyError::LimitExceeded {
+            field: "max_entries",
+            value,
+            ..
+        } => assert_eq!(value, 20_001),
+        other => panic!("expected the entry limit, got {other}"),
+    }
+}
+
+#[test]
+fn nesting_deeper_than_the_depth_limit_through_symlinks_is_refused() {
+    let sandbox = Sandbox::new();
+    let spelled = "d/".repeat(400);
+    let archive = Archive::default()
+        .file(&format!("{spelled}f"), b"deep", 0o644)
+        .symlink(&format!("/{spelled}"), "deep")
+        .file(&format!("deep/{}f", "e/".repeat(200)), b"deeper", 0o644);
+    let error = sandbox.apply(archive.finish()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ApplyError::LimitExceeded {
+                field: "max_depth",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(sandbox.read(&format!("{spelled}f")), b"deep");
+    // The whole tree (as deep as the limit allows) can be whited out again.
+    let whiteout = Archive::default().file(".wh.d", b"", 0o644);
+    sandbox.apply(whiteout.finish()).unwrap();
+    assert!(!sandbox.root().join("d").exists());
+}
+
+#[test]
+fn devices_fifos_and_setuid_files_are_created_inside_the_root_only() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    // An empty host directory outside the sandbox for the archive to aim at.
+    let host = tempfile::tempdir().unwrap();
+    for options in [ApplyOptions::default(), archive_options()] {
+        let sandbox = Sandbox::new();
+        let archive = Archive::default()
+            .symlink(host.path().to_str().unwrap(), "dev")
+            .entry_with_device("dev/mem", Kind::CharDevice, 0o640, "", b"", (1, 1))
+            .entry_with_device("dev/sda", Kind::BlockDevice, 0o660, "", b"", (8, 0))
+            .entry("dev/fifo", Kind::Fifo, 0o600, "", b"")
+            .file("dev/su", b"#!/bin/sh\n", 0o4755)
+            .file("sgid", b"", 0o2755)
+            .finish();
+        let before = sandbox.outside();
+        apply_layer(&archive[..], &sandbox.root(), &options).unwrap();
+        assert_eq!(sandbox.outside(), before);
+        assert_eq!(
+            fs::read_dir(host.path()).unwrap().count(),
+            0,
+            "nothing created in the host directory the symlink names"
+        );
+        let inside = sandbox.root().join(host.path().strip_prefix("/").unwrap());
+        let kind = |name: &str| fs::symlink_metadata(inside.join(name)).unwrap();
+        assert!(kind("mem").file_type().is_char_device());
+        assert_eq!(kind("mem").rdev(), rustix::fs::makedev(1, 1));
+        assert!(kind("sda").file_type().is_block_device());
+        assert!(kind("fifo").file_type().is_fifo());
+        assert_eq!(kind("su").mode() & 0o7777, 0o4755, "setuid kept as data");
+        let sgid = fs::metadata(sandbox.root().join("sgid")).unwrap();
+        assert_eq!(sgid.mode() & 0o7777, 0o2755);
+    }
 }

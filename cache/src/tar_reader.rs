@@ -50,6 +50,9 @@ pub(crate) enum TarError {
 struct Pending {
     path: Option<Vec<u8>>,
     link: Option<Vec<u8>>,
+    /// GNU `L` / `K` names, kept apart from PAX's so a disagreement can be refused.
+    gnu_path: Option<Vec<u8>>,
+    gnu_link: Option<Vec<u8>>,
     size: Option<u64>,
     uid: Option<u64>,
     gid: Option<u64>,
@@ -129,8 +132,8 @@ impl<R: Read> TarReader<R> {
                     match header.typeflag {
                         b'x' => parse_pax(&data, &mut pending)
                             .map_err(|reason| self.malformed(header_offset, reason))?,
-                        b'L' => pending.path = Some(until_nul(&data).to_vec()),
-                        b'K' => pending.link = Some(until_nul(&data).to_vec()),
+                        b'L' => pending.gnu_path = Some(until_nul(&data).to_vec()),
+                        b'K' => pending.gnu_link = Some(until_nul(&data).to_vec()),
                         // Global headers carry archive-wide defaults layers never rely on.
                         _ => continue,
                     }
@@ -148,6 +151,9 @@ impl<R: Read> TarReader<R> {
                         return Err(
                             self.malformed(header_offset, "sparse entries are not supported")
                         );
+                    }
+                    if let Some(conflict) = pending.disagreement(&header) {
+                        return Err(self.malformed(header_offset, conflict));
                     }
                     return Ok(Some(header.into_entry(pending)));
                 }
@@ -224,6 +230,40 @@ impl<R: Read> TarReader<R> {
     }
 }
 
+/// The largest size an 11-digit octal field holds: what some writers put there as a
+/// placeholder when the real size is in a PAX record.
+const OCTAL_SIZE_MAX: u64 = 0o777_7777_7777;
+
+impl Pending {
+    /// Why the extension headers and the header disagree about the entry, if they do. Readers
+    /// resolve such conflicts differently (Go prefers the GNU name, others the last header), so
+    /// a scanner and a runtime could see different files in one layer: it is refused instead.
+    fn disagreement(&self, header: &Header) -> Option<String> {
+        let names = [
+            ("path", &self.path, &self.gnu_path),
+            ("linkpath", &self.link, &self.gnu_link),
+        ];
+        for (what, pax, gnu) in names {
+            if let (Some(pax), Some(gnu)) = (pax, gnu)
+                && pax != gnu
+            {
+                return Some(format!(
+                    "the PAX {what} {:?} and the GNU long name {:?} disagree",
+                    String::from_utf8_lossy(pax),
+                    String::from_utf8_lossy(gnu)
+                ));
+            }
+        }
+        match self.size {
+            Some(size) if ![0, size, OCTAL_SIZE_MAX].contains(&header.size) => Some(format!(
+                "the PAX size {size} and the header size {} disagree",
+                header.size
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// The fields of one 512-byte header block.
 struct Header {
     name: Vec<u8>,
@@ -292,7 +332,7 @@ impl Header {
     }
 
     fn into_entry(self, pending: Pending) -> TarEntry {
-        let path = pending.path.unwrap_or(self.name);
+        let path = pending.path.or(pending.gnu_path).unwrap_or(self.name);
         let kind = match self.typeflag {
             // Old archives mark directories only by a trailing slash.
             b'0' | b'\0' | b'7' if path.ends_with(b"/") => EntryKind::Known(Kind::Directory),
@@ -307,7 +347,7 @@ impl Header {
         };
         TarEntry {
             path,
-            link: pending.link.unwrap_or(self.link),
+            link: pending.link.or(pending.gnu_link).unwrap_or(self.link),
             kind: Some(kind),
             mode: self.mode,
             uid: pending.uid.unwrap_or(self.uid),
@@ -542,6 +582,151 @@ mod tests {
         write_header(&mut bytes, &file).unwrap();
         bytes.extend_from_slice(&[1u8; 10]);
         assert!(read_all(&bytes).is_err());
+    }
+
+    /// Appends a raw header (the size field as given) followed by `data`, padded.
+    fn append_raw(
+        out: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        name: &str,
+        size: u64,
+        data: &[u8],
+    ) {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        out.append(&header, data).unwrap();
+    }
+
+    fn pax_records(records: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (key, value) in records {
+            let body = key.len() + value.len() + 3;
+            let mut len = body + 1;
+            while len != body + len.to_string().len() {
+                len = body + len.to_string().len();
+            }
+            out.extend_from_slice(format!("{len} {key}={value}\n").as_bytes());
+        }
+        out
+    }
+
+    /// An archive of extension headers (`x` with `pax`, `L` with `gnu_name`) and then one
+    /// regular file `ustar-name` whose size field says `size_field` and whose content is `data`.
+    fn disagreeing(
+        pax: &[(&str, &str)],
+        gnu_name: Option<&str>,
+        size_field: u64,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut out = tar::Builder::new(Vec::new());
+        if !pax.is_empty() {
+            let records = pax_records(pax);
+            append_raw(
+                &mut out,
+                tar::EntryType::XHeader,
+                "PaxHeader",
+                records.len() as u64,
+                &records,
+            );
+        }
+        if let Some(name) = gnu_name {
+            let mut bytes = name.as_bytes().to_vec();
+            bytes.push(0);
+            append_raw(
+                &mut out,
+                tar::EntryType::GNULongName,
+                "././@LongLink",
+                bytes.len() as u64,
+                &bytes,
+            );
+        }
+        append_raw(
+            &mut out,
+            tar::EntryType::Regular,
+            "ustar-name",
+            size_field,
+            data,
+        );
+        out.into_inner().unwrap()
+    }
+
+    #[test]
+    fn pax_path_and_gnu_long_name_that_disagree_are_refused() {
+        // Go's reader takes the GNU name, others the last header: one layer, two trees.
+        let bytes = disagreeing(&[("path", "pax-name")], Some("gnu-name"), 2, b"ok");
+        let error = read_all(&bytes).unwrap_err();
+        assert!(error.to_string().contains("disagree"), "{error}");
+        let linked = {
+            let mut out = tar::Builder::new(Vec::new());
+            let records = pax_records(&[("linkpath", "pax-target")]);
+            append_raw(
+                &mut out,
+                tar::EntryType::XHeader,
+                "PaxHeader",
+                records.len() as u64,
+                &records,
+            );
+            append_raw(
+                &mut out,
+                tar::EntryType::GNULongLink,
+                "././@LongLink",
+                11,
+                b"gnu-target\0",
+            );
+            append_raw(&mut out, tar::EntryType::Symlink, "link", 0, b"");
+            out.into_inner().unwrap()
+        };
+        let error = read_all(&linked).unwrap_err();
+        assert!(error.to_string().contains("linkpath"), "{error}");
+    }
+
+    #[test]
+    fn pax_path_and_gnu_long_name_that_agree_are_read() {
+        let bytes = disagreeing(&[("path", "same")], Some("same"), 2, b"ok");
+        let entries = read_all(&bytes).unwrap();
+        assert_eq!(entries[0].0.path, b"same");
+        assert_eq!(entries[0].1, b"ok");
+    }
+
+    #[test]
+    fn pax_size_that_disagrees_with_the_header_size_is_refused() {
+        // The content hides a second header that only one of the two sizes would reveal.
+        let mut hidden = tar::Builder::new(Vec::new());
+        append_raw(&mut hidden, tar::EntryType::Regular, "smuggled", 0, b"");
+        let hidden = hidden.into_inner().unwrap();
+        for (pax_size, size_field) in [(0, hidden.len() as u64), (hidden.len() as u64, 7)] {
+            let bytes = disagreeing(
+                &[("size", &pax_size.to_string())],
+                None,
+                size_field,
+                &hidden,
+            );
+            let error = read_all(&bytes).unwrap_err();
+            assert!(
+                error.to_string().contains("PAX size"),
+                "{pax_size}/{size_field}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn pax_size_overrides_a_zero_or_placeholder_header_size() {
+        for size_field in [0, 2, OCTAL_SIZE_MAX] {
+            let bytes = disagreeing(&[("size", "2")], None, size_field, b"ok");
+            let entries = read_all(&bytes).unwrap();
+            assert_eq!(entries[0].1, b"ok", "size field {size_field}");
+        }
+    }
+
+    #[test]
+    fn pax_size_that_is_not_a_number_is_refused() {
+        let bytes = disagreeing(&[("size", "-1")], None, 0, b"");
+        let error = read_all(&bytes).unwrap_err();
+        assert!(matches!(error, TarError::Malformed { .. }), "{error}");
     }
 
     #[test]
