@@ -69,8 +69,9 @@ pub struct StoreExecutor {
     pub remote: Option<Arc<RemoteRecords>>,
 }
 
-fn failed(error: impl std::fmt::Display) -> ExecError {
-    ExecError::failed(error.to_string())
+/// Keeps `error` whole (not its text), so callers can still see its causes (a full disk).
+fn failed(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ExecError {
+    ExecError::failed(error)
 }
 
 impl StoreExecutor {

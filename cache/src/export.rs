@@ -93,6 +93,16 @@ pub enum ExportError {
     Store(#[from] StoreError),
 }
 
+impl ExportError {
+    /// See [`StoreError::corrupt_content`].
+    pub fn corrupt_content(&self) -> Option<&Digest> {
+        match self {
+            Self::Store(error) => error.corrupt_content(),
+            _ => None,
+        }
+    }
+}
+
 /// Exports `image` as `spec` says; `default_names` are recorded when `spec` names none.
 pub fn export(
     store: &Store,

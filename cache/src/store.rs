@@ -114,6 +114,22 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The digest of the stored blob or snapshot whose content no longer matches it, when that
+    /// is what this error reports (a flipped byte, a truncated file, an edited snapshot).
+    pub fn corrupt_content(&self) -> Option<&Digest> {
+        match self {
+            Self::CorruptBlob { digest, .. } | Self::BlobSizeMismatch { digest, .. } => {
+                Some(digest)
+            }
+            Self::SnapshotTar { digest, source } => match &**source {
+                crate::snapshot::SnapshotError::TarMismatch { .. } => Some(digest),
+                crate::snapshot::SnapshotError::Store(inner) => inner.corrupt_content(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
@@ -300,6 +316,32 @@ impl Store {
         Ok(digests)
     }
 
+    /// Takes the blob and the snapshot named `digest` out of the store after they failed
+    /// verification, so that records naming them become misses and the next solve rebuilds
+    /// them (or the next pull fetches them again). Each is renamed into `tmp/` first, so no
+    /// reader ever sees it half deleted; what cannot be deleted there is a leftover prune removes.
+    pub fn discard_corrupt(&self, digest: &Digest) -> Result<(), StoreError> {
+        let snapshot = self.snapshot_path(digest);
+        let settings = snapshot.with_extension("json");
+        for path in [self.blob_path(digest), snapshot, settings] {
+            let moved = self.tmp_dir().join(format!(
+                "corrupt-{}-{}",
+                std::process::id(),
+                unique_suffix(&path)
+            ));
+            match fs::rename(&path, &moved) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(StoreError::io("move the corrupt", &path)(error)),
+            }
+            let _ = match moved.is_dir() {
+                true => fs::remove_dir_all(&moved),
+                false => fs::remove_file(&moved),
+            };
+        }
+        Ok(())
+    }
+
     /// Checks a blob's size and digest without keeping its content; returns the size.
     pub fn verify_blob(
         &self,
@@ -312,6 +354,16 @@ impl Store {
 }
 
 const BLOB_BUFFER: usize = 256 * 1024;
+
+/// `path`'s last two components joined, unique among the store's files.
+fn unique_suffix(path: &Path) -> String {
+    let name = |path: Option<&Path>| {
+        path.and_then(Path::file_name)
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    format!("{}-{}", name(path.parent()), name(Some(path)))
+}
 
 /// Streams a new blob into `tmp/`, hashing as it goes; [`BlobWriter::commit`] moves it into
 /// place. Dropping it without committing removes the staged file.

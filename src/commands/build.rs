@@ -5,9 +5,9 @@ use crate::commands::cache_opts::{
     CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
 };
 use crate::commands::images::human_size;
-use crate::commands::open_leased_store;
 use crate::commands::progress::{Built, Explainer, Progress, ProgressMode};
 use crate::commands::registry::{RegistryArgs, oci_platform, push_image};
+use crate::commands::{open_leased_store, open_store};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_context};
@@ -21,7 +21,8 @@ use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::registry::Registry;
 use imgb_cache::{
-    Destination, ImageError, OutputKind, OutputSpec, Reference, Resource, Store, export,
+    Destination, Digest, ExportError, ImageError, OutputKind, OutputSpec, Reference, Resource,
+    Store, StoreError, export,
 };
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
@@ -90,6 +91,64 @@ pub struct BuildArgs {
 }
 
 pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
+    let error = match build(root.clone(), args) {
+        Err(error) => error,
+        done => return done,
+    };
+    // A cache hit whose layer no longer verifies is rebuilt, once: the corrupt blob or
+    // snapshot leaves the store, so the records naming it miss and the step runs again.
+    let Some(digest) = corrupt_content(&error) else {
+        if error.chain().any(is_out_of_space) {
+            eprintln!("{}", out_of_space_hint(&open_store(root)?));
+        }
+        return Err(error);
+    };
+    eprintln!("warning: {error:#}");
+    eprintln!("warning: removing the corrupt layer {digest} from the store and building again");
+    open_leased_store(root.clone(), "build")?
+        .discard_corrupt(&digest)
+        .with_context(|| format!("removing the corrupt layer {digest}"))?;
+    build(root, args)
+}
+
+/// Whether `cause` is a full disk (ENOSPC, or a quota).
+fn is_out_of_space(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause.downcast_ref::<std::io::Error>().is_some_and(|error| {
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    })
+}
+
+/// Steps, layers and records are all written below the state directory, so a full disk
+/// during a build is almost always its disk; outputs may be elsewhere.
+fn out_of_space_hint(store: &Store) -> String {
+    format!(
+        "hint: no space left on the device holding the state directory {} (or an output's \
+         destination): free space there, e.g. with `imgb prune`, or choose another --root",
+        store.root().display()
+    )
+}
+
+/// The stored content a build failed to verify, if that is why `error` happened.
+fn corrupt_content(error: &anyhow::Error) -> Option<Digest> {
+    error
+        .chain()
+        .find_map(|cause| {
+            cause
+                .downcast_ref::<ExportError>()
+                .and_then(ExportError::corrupt_content)
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<StoreError>()
+                        .and_then(StoreError::corrupt_content)
+                })
+        })
+        .cloned()
+}
+
+fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let loaded = match args.frontend.load() {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
@@ -279,6 +338,13 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
                 && let Some(excerpt) = step_excerpt(&loaded, name)
             {
                 eprintln!("{excerpt}");
+            }
+            let mut causes = std::iter::successors(
+                Some(&error as &(dyn std::error::Error + 'static)),
+                |cause| cause.source(),
+            );
+            if causes.any(is_out_of_space) {
+                eprintln!("{}", out_of_space_hint(&store));
             }
             return Ok(ExitCode::FAILURE);
         }
