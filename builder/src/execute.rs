@@ -224,10 +224,16 @@ impl StoreExecutor {
                 RunStatus::Exited(code) => format!("exit code: {code}"),
                 RunStatus::Signaled(signal) => format!("killed by signal {signal}"),
                 RunStatus::TimedOut => "timed out".to_string(),
+                RunStatus::LimitExceeded(limit) => limit.to_string(),
                 RunStatus::Cancelled => return Err(ExecError::Cancelled),
             };
+            let hint = if outcome.pids_limit_reached {
+                " (hint: the step reached its process limit, so forks failed)"
+            } else {
+                ""
+            };
             return Err(failed(format!(
-                "process \"{}\" did not complete successfully: {how}",
+                "process \"{}\" did not complete successfully: {how}{hint}",
                 exec.argv.join(" ")
             )));
         }

@@ -283,12 +283,30 @@ struct Writer<'a> {
 }
 
 /// A file or directory about to be copied: where to read it and what it is.
-struct Item {
+struct Item<'a> {
     host: PathBuf,
+    /// For a build context's file, the context root: no symlink may lead out of it when the
+    /// file is read (the context may have changed since it was hashed).
+    context_root: Option<&'a Path>,
     kind: EntryKind,
     mode: u32,
     uid: u32,
     gid: u32,
+}
+
+impl Item<'_> {
+    /// The file, for reading.
+    fn open(&self) -> Result<fs::File, FileOpError> {
+        match self.context_root {
+            Some(root) => crate::context::open_beneath(
+                root,
+                self.host.strip_prefix(root).unwrap_or(&self.host),
+                crate::context::Symlinks::Never,
+            ),
+            None => fs::File::open(&self.host),
+        }
+        .map_err(|error| io_error("open", &self.host)(error).into())
+    }
 }
 
 impl Writer<'_> {
@@ -410,6 +428,7 @@ impl Writer<'_> {
         }
         let item = |entry: &crate::context::Entry| Item {
             host: context.root().join(&entry.path),
+            context_root: Some(context.root()),
             kind: entry.kind.clone(),
             mode: entry.mode,
             // Context files belong to root in the image unless --chown says otherwise.
@@ -418,10 +437,9 @@ impl Writer<'_> {
         };
         for selected in &selection.sources {
             let entry = selected.entry;
-            let host = context.root().join(&entry.path);
             if copy.unpack_archives
                 && entry.kind == EntryKind::File
-                && self.unpack_if_archive(&host, &selected.path, copy)?
+                && self.unpack_if_archive(|| item(entry).open(), &selected.path, copy)?
             {
                 continue;
             }
@@ -471,7 +489,14 @@ impl Writer<'_> {
         for (path, entry) in found {
             if copy.unpack_archives
                 && entry.metadata.is_file()
-                && self.unpack_if_archive(&entry.host_path, &path, copy)?
+                && self.unpack_if_archive(
+                    || {
+                        fs::File::open(&entry.host_path)
+                            .map_err(|e| io_error("open", &entry.host_path)(e).into())
+                    },
+                    &path,
+                    copy,
+                )?
             {
                 continue;
             }
@@ -508,6 +533,7 @@ impl Writer<'_> {
         };
         let item = Item {
             host: entry.host_path.clone(),
+            context_root: None,
             kind,
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
@@ -529,15 +555,15 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Extracts `archive` into the destination directory when it is a tar (plain or
-    /// compressed); false, with nothing written, when it is any other file.
+    /// Extracts the archive `open` opens (each call from its start) into the destination
+    /// directory when it is a tar (plain or compressed); false, with nothing written, when it
+    /// is any other file.
     fn unpack_if_archive(
         &self,
-        archive: &Path,
+        open: impl Fn() -> Result<fs::File, FileOpError>,
         source_path: &str,
         copy: &CopySpec<'_>,
     ) -> Result<bool, FileOpError> {
-        let open = || fs::File::open(archive).map_err(io_error("open", archive));
         if !is_tar_archive(open()?) {
             return Ok(false);
         }
@@ -598,7 +624,6 @@ impl Writer<'_> {
             fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
         }
         let owner = copy.ids.unwrap_or((item.uid, item.gid));
-        let meta = fs::symlink_metadata(&item.host).map_err(io_error("stat", &item.host))?;
         match &item.kind {
             EntryKind::Dir => {
                 if !target.is_dir() {
@@ -612,6 +637,8 @@ impl Writer<'_> {
             }
             EntryKind::File => {
                 remove_existing(target)?;
+                let mut source = item.open()?;
+                let meta = source.metadata().map_err(io_error("stat", &item.host))?;
                 if meta.nlink() > 1 {
                     let mut linked = copy.linked.borrow_mut();
                     if let Some(first) = linked.get(&(meta.dev(), meta.ino())) {
@@ -620,7 +647,9 @@ impl Writer<'_> {
                     }
                     linked.insert((meta.dev(), meta.ino()), target.to_path_buf());
                 }
-                fs::copy(&item.host, target).map_err(io_error("copy", &item.host))?;
+                fs::File::create(target)
+                    .and_then(|mut out| io::copy(&mut source, &mut out))
+                    .map_err(io_error("copy", &item.host))?;
                 let mode = copy
                     .mode
                     .as_ref()
@@ -629,6 +658,8 @@ impl Writer<'_> {
                 set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
             }
             EntryKind::Symlink { target: link } => {
+                let meta =
+                    fs::symlink_metadata(&item.host).map_err(io_error("stat", &item.host))?;
                 remove_existing(target)?;
                 symlink(link, target).map_err(io_error("create symlink", target))?;
                 rustix::fs::chownat(

@@ -12,7 +12,8 @@
 //!   namespace and mount work happens there, in single-threaded processes.
 //! - Internals: `resolve` (paths inside the root filesystem, stubs), `mounts` (the new mount
 //!   API), `users` (passwd/group), `caps` (Docker's capability set), `netlink` (loopback up),
-//!   `hosts` (provided files), `diff` (upper directory → layer changes), `idmap` (rootless id
+//!   `hosts` (provided files), `cgroup` (the step's
+//!   process and memory limits), `diff` (upper directory → layer changes), `idmap` (rootless id
 //!   maps), `protocol` (messages between the stages), `sys` (the crate's only `unsafe`).
 //!
 //! Invariants:
@@ -24,6 +25,7 @@
 //! - The layer directories are never written to.
 
 mod caps;
+mod cgroup;
 mod diff;
 mod hosts;
 mod idmap;
@@ -37,5 +39,9 @@ pub mod spec;
 mod sys;
 mod users;
 
-pub use runner::{InitProgram, OutputLine, OutputStream, RunError, RunOutcome, RunStatus, Runner};
-pub use spec::{CommitTo, DEFAULT_HOSTNAME, DEFAULT_PATH, Mount, MountKind, Network, RunSpec};
+pub use runner::{
+    ExceededLimit, InitProgram, OutputLine, OutputStream, RunError, RunOutcome, RunStatus, Runner,
+};
+pub use spec::{
+    CommitTo, DEFAULT_HOSTNAME, DEFAULT_PATH, Limits, Mount, MountKind, Network, RunSpec,
+};

@@ -140,6 +140,10 @@ impl RunDir<'_> {
     pub fn work(&self) -> PathBuf {
         self.0.join("work")
     }
+    /// The read-only bind mount of imgb's binary the exec stage runs from.
+    pub fn exec_binary(&self) -> PathBuf {
+        self.0.join("imgb")
+    }
     /// Where the root filesystem is assembled before `pivot_root`.
     pub fn rootfs(&self) -> PathBuf {
         self.0.join("rootfs")

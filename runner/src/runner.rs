@@ -14,21 +14,24 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imgb_cache::SnapshotLayer;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use crate::cgroup::StepCgroup;
 use crate::hosts;
-use crate::protocol::{CommitSpec, ContainerSpec, Control, Ended, Report, SupervisorSpec};
-use crate::spec::RunSpec;
+use crate::protocol::{CommitSpec, ContainerSpec, Control, Ended, Report, RunDir, SupervisorSpec};
+use crate::spec::{Limits, RunSpec};
 
 /// Lines longer than this are delivered in pieces (binary output without newlines).
 const MAX_LINE: usize = 64 * 1024;
 /// Hostnames are limited by the kernel (`HOST_NAME_MAX`).
 const MAX_HOSTNAME: usize = 64;
+/// The shortest pause between two measurements of a step's disk use.
+const DISK_CHECK_PAUSE: Duration = Duration::from_millis(100);
 
 /// The program that runs the init stages: a binary whose `args` lead to
 /// [`init::main`](crate::init::main), followed by the stage name.
@@ -72,6 +75,36 @@ pub enum RunStatus {
     TimedOut,
     /// Killed because the caller cancelled.
     Cancelled,
+    /// Killed for going over one of the runner's [`Limits`].
+    LimitExceeded(ExceededLimit),
+}
+
+/// Which limit a step went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceededLimit {
+    /// Its changes took `used` bytes of disk, over [`Limits::disk_max`].
+    Disk { limit: u64, used: u64 },
+    /// The kernel's OOM killer ended it at [`Limits::memory_max`].
+    Memory { limit: u64 },
+}
+
+impl std::fmt::Display for ExceededLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        match *self {
+            Self::Disk { limit, used } => write!(
+                f,
+                "its changes took {:.1} MiB of disk, over the step's limit of {:.1} MiB",
+                mib(used),
+                mib(limit)
+            ),
+            Self::Memory { limit } => write!(
+                f,
+                "killed by the kernel for using more than the step's memory limit of {:.1} MiB",
+                mib(limit)
+            ),
+        }
+    }
 }
 
 impl RunStatus {
@@ -85,6 +118,8 @@ pub struct RunOutcome {
     pub status: RunStatus,
     /// The step's changes, when [`RunSpec::commit`] was set and the command exited with 0.
     pub layer: Option<SnapshotLayer>,
+    /// Whether a fork failed because of [`Limits::pids_max`] (a likely cause of a failure).
+    pub pids_limit_reached: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +145,8 @@ pub enum RunError {
     IdMap(String),
     #[error("setting up the container: {0}")]
     Setup(String),
+    #[error("{0}")]
+    Limits(String),
     #[error("the container init stopped without a report ({status})")]
     InitDied { status: String },
 }
@@ -121,6 +158,7 @@ pub struct Runner {
     init: InitProgram,
     rootless: bool,
     subordinate_ids: bool,
+    limits: Limits,
 }
 
 impl Runner {
@@ -132,7 +170,16 @@ impl Runner {
             init,
             rootless: !rustix::process::geteuid().is_root(),
             subordinate_ids: true,
+            limits: Limits::default(),
         }
+    }
+
+    /// Applies `limits` to every step. The process and memory limits need cgroups: as root
+    /// a limit that cannot be set fails the step; rootless (where cgroups are rarely
+    /// delegated) they are applied when possible.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Rootless only: whether to map `/etc/subuid` ranges (with `newuidmap`) when there are
@@ -177,6 +224,12 @@ impl Runner {
         output: mpsc::Sender<OutputLine>,
         cancel: impl Future<Output = ()>,
     ) -> Result<RunOutcome, RunError> {
+        let group_name = run_dir.file_name().unwrap_or_default().to_string_lossy();
+        let cgroup = match StepCgroup::create(&self.limits, &group_name) {
+            Ok(cgroup) => cgroup,
+            Err(_) if self.rootless => None,
+            Err(message) => return Err(RunError::Limits(message)),
+        };
         let (ours, theirs) = StdUnixStream::pair().map_err(|source| RunError::Io {
             op: "create",
             path: "a socket pair".into(),
@@ -197,6 +250,10 @@ impl Runner {
                 source,
             })?;
         let pid = child.id().unwrap_or(0);
+        // Before the supervisor gets its spec, so every container process starts inside.
+        if let Some(cgroup) = &cgroup {
+            cgroup.add(pid).map_err(RunError::Limits)?;
+        }
         let protocol = |error: io::Error| RunError::Protocol(error.to_string());
         ours.set_nonblocking(true).map_err(protocol)?;
         let (control_read, mut control_write) =
@@ -215,8 +272,15 @@ impl Runner {
                     None => std::future::pending().await,
                 }
             };
+            let over_disk_limit = async {
+                match self.limits.disk_max {
+                    Some(limit) => watch_disk(RunDir(run_dir).upper(), limit).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::pin!(deadline);
             tokio::pin!(cancel);
+            tokio::pin!(over_disk_limit);
             let mut kill_reason = None;
             let mut report = None;
             loop {
@@ -243,6 +307,10 @@ impl Runner {
                         kill_reason = Some(RunStatus::Cancelled);
                         let _ = control_write.shutdown().await;
                     }
+                    exceeded = &mut over_disk_limit, if kill_reason.is_none() => {
+                        kill_reason = Some(RunStatus::LimitExceeded(exceeded));
+                        let _ = control_write.shutdown().await;
+                    }
                 }
             }
             Ok::<_, RunError>((report, kill_reason))
@@ -255,18 +323,38 @@ impl Runner {
         let status = child.wait().await.map_err(protocol)?;
         let (report, kill_reason) = control?;
         match report {
-            Some(Report::Finished { ended, layer }) => Ok(RunOutcome {
-                status: match (ended, kill_reason) {
+            Some(Report::Finished { ended, layer }) => {
+                let mut status = match (ended, kill_reason) {
                     (Ended::Exited(code), _) => RunStatus::Exited(code),
                     (Ended::Signaled(signal), _) => RunStatus::Signaled(signal),
                     (Ended::Killed, Some(reason)) => reason,
                     (Ended::Killed, None) => RunStatus::Cancelled,
-                },
-                layer: layer.map(|layer| SnapshotLayer {
+                };
+                let mut layer = layer.map(|layer| SnapshotLayer {
                     diff_id: layer.diff_id,
                     tar_size: layer.tar_size,
-                }),
-            }),
+                });
+                if let (Some(limit), false) = (self.limits.memory_max, status.success())
+                    && cgroup.as_ref().is_some_and(StepCgroup::oom_killed)
+                {
+                    status = RunStatus::LimitExceeded(ExceededLimit::Memory { limit });
+                }
+                // What was written between two measurements counts too.
+                if let (Some(limit), Some(written)) = (self.limits.disk_max, &layer)
+                    && written.tar_size > limit
+                {
+                    status = RunStatus::LimitExceeded(ExceededLimit::Disk {
+                        limit,
+                        used: written.tar_size,
+                    });
+                    layer = None;
+                }
+                Ok(RunOutcome {
+                    status,
+                    layer,
+                    pids_limit_reached: cgroup.as_ref().is_some_and(StepCgroup::pids_limit_reached),
+                })
+            }
             Some(Report::Failed { message }) => Err(RunError::Setup(message)),
             Some(Report::MapIds) | None => Err(RunError::InitDied {
                 status: status.to_string(),
@@ -331,6 +419,45 @@ fn validate(spec: &RunSpec) -> Result<(), RunError> {
         return invalid("a timeout of 0 would kill the step before it starts".into());
     }
     Ok(())
+}
+
+/// Resolves once the step's changes in `upper` take more than `limit` bytes. The pause between
+/// two measurements grows with the cost of one, so a huge tree is not walked back to back.
+async fn watch_disk(upper: PathBuf, limit: u64) -> ExceededLimit {
+    let mut pause = DISK_CHECK_PAUSE;
+    loop {
+        tokio::time::sleep(pause).await;
+        let started = Instant::now();
+        let dir = upper.clone();
+        let used = tokio::task::spawn_blocking(move || disk_usage(&dir))
+            .await
+            .unwrap_or(0);
+        if used > limit {
+            return ExceededLimit::Disk { limit, used };
+        }
+        pause = (started.elapsed() * 4).max(DISK_CHECK_PAUSE);
+    }
+}
+
+/// The disk space a directory tree takes (allocated blocks), skipping what cannot be read or
+/// vanishes while it is walked.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
 }
 
 /// A new, empty run directory `run-<pid>-<n>` (private to the caller).

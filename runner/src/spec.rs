@@ -110,3 +110,22 @@ pub struct CommitTo {
     /// `SOURCE_DATE_EPOCH`: later mtimes are clamped to it.
     pub source_date_epoch: Option<i64>,
 }
+
+/// Per-step resource limits, the same for every step a [`Runner`](crate::Runner) runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The most processes (and threads) the step may have at once: further forks fail. A
+    /// cgroup's `pids.max`.
+    pub pids_max: Option<u64>,
+    /// The step's memory in bytes; beyond it the kernel's OOM killer ends the step. A
+    /// cgroup's `memory.max` (no swap on top).
+    pub memory_max: Option<u64>,
+    /// How much disk the step's changes (its overlay upper directory) may take. Watched while
+    /// the step runs and checked on its layer: the step is killed once over it.
+    pub disk_max: Option<u64>,
+}
+
+impl Limits {
+    /// The default process limit: far above what builds need, far below what hurts a host.
+    pub const DEFAULT_PIDS_MAX: u64 = 4096;
+}

@@ -28,7 +28,7 @@ use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
 use imgb_frontend::lower::lower;
 use imgb_frontend::plan::BuildPlan;
-use imgb_runner::{InitProgram, Runner};
+use imgb_runner::{InitProgram, Limits, Runner};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +66,8 @@ pub struct BuildArgs {
     /// Steps running at once (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub limits: RunLimitArgs,
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
@@ -88,6 +90,30 @@ pub struct BuildArgs {
     /// Write the image digest, config digest and names as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+}
+
+/// The resource limits of each `RUN` step (shared by `imgb run`).
+#[derive(Debug, Clone, Args)]
+pub struct RunLimitArgs {
+    /// The most processes a RUN step may have at once; further forks fail (0: no limit).
+    #[arg(long = "run-pids-max", value_name = "N", default_value_t = Limits::DEFAULT_PIDS_MAX)]
+    pub pids_max: u64,
+    /// The memory a RUN step may use (e.g. `2g`); over it the kernel kills the step.
+    #[arg(long = "run-memory", value_name = "SIZE", value_parser = crate::commands::prune::parse_size)]
+    pub memory: Option<u64>,
+    /// The disk a RUN step's changes may take (e.g. `10g`): the step is stopped when over it.
+    #[arg(long = "run-disk-max", value_name = "SIZE", value_parser = crate::commands::prune::parse_size)]
+    pub disk_max: Option<u64>,
+}
+
+impl RunLimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            pids_max: (self.pids_max > 0).then_some(self.pids_max),
+            memory_max: self.memory,
+            disk_max: self.disk_max,
+        }
+    }
 }
 
 pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
@@ -287,7 +313,8 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     let executor = StoreExecutor {
         store: store.clone(),
         context: Some(Arc::new(context)),
-        runner: Runner::new(store.tmp_dir(), InitProgram::this_binary("__init")),
+        runner: Runner::new(store.tmp_dir(), InitProgram::this_binary("__init"))
+            .with_limits(args.limits.limits()),
         source_date_epoch,
         secrets: Arc::new(secrets),
         ssh_agents: Arc::new(ssh_agents),

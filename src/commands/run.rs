@@ -7,6 +7,7 @@
 //! container. Exit codes follow `docker run`: the command's own, 128+N when a signal N killed
 //! it, 125 when the container could not be set up.
 
+use crate::commands::build::RunLimitArgs;
 use crate::commands::registry::{RegistryArgs, fetch_layers};
 use std::future::Future;
 use std::io::Write;
@@ -64,6 +65,8 @@ pub struct RunArgs {
     command: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    limits: RunLimitArgs,
 }
 
 pub fn run(root: Option<PathBuf>, args: &RunArgs) -> Result<ExitCode> {
@@ -81,7 +84,8 @@ pub fn run(root: Option<PathBuf>, args: &RunArgs) -> Result<ExitCode> {
         .with_context(|| format!("unpacking the layers of {}", args.image))?;
     let config = image.config.config.unwrap_or_default();
     let spec = run_spec(lower_dirs, &config, args, |key| std::env::var(key).ok())?;
-    let runner = Runner::new(store.tmp_dir(), InitProgram::this_binary(INIT_SUBCOMMAND));
+    let runner = Runner::new(store.tmp_dir(), InitProgram::this_binary(INIT_SUBCOMMAND))
+        .with_limits(args.limits.limits());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -194,6 +198,8 @@ fn exit_code(status: RunStatus) -> u8 {
         RunStatus::Exited(code) => u8::try_from(code).unwrap_or(1),
         RunStatus::Signaled(signal) => u8::try_from(128 + signal).unwrap_or(1),
         RunStatus::TimedOut | RunStatus::Cancelled => INTERRUPTED,
+        // As a shell reports a command the kernel killed (SIGKILL).
+        RunStatus::LimitExceeded(_) => 137,
     }
 }
 

@@ -41,6 +41,58 @@ pub use digest::ContentDigest;
 pub use glob::GlobError;
 pub use select::{SelectedSource, Selection};
 
+/// How [`open_beneath`] may resolve a path below the context root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Symlinks {
+    /// Symlinks may be followed while they stay below the root (a Dockerfile that is a link to
+    /// another file of the context).
+    Inside,
+    /// No symlink anywhere: for a path the context walk saw as symlink-free.
+    Never,
+}
+
+/// Opens the regular file `relative` below the context `root` for reading, never leaving the
+/// context: the context may change while a build reads it, and a file or directory swapped
+/// for a symlink must not make the build read a host file.
+pub fn open_beneath(root: &Path, relative: &Path, symlinks: Symlinks) -> io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    if symlinks == Symlinks::Never {
+        resolve |= ResolveFlags::NO_SYMLINKS;
+    }
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let file = match rustix::fs::openat2(&dir, relative, flags, Mode::empty(), resolve) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(errno @ (rustix::io::Errno::XDEV | rustix::io::Errno::LOOP)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: a symlink leads out of the build context{} ({errno})",
+                    relative.display(),
+                    if symlinks == Symlinks::Never {
+                        " or replaced a file during the build"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Err(errno) => return Err(errno.into()),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a regular file", relative.display()),
+        ));
+    }
+    Ok(file)
+}
+
 /// Decides which context paths are left out (`.dockerignore`, `COPY --exclude`). Paths are
 /// relative and `/`-separated, never empty.
 pub trait PathFilter: Sync {

@@ -29,7 +29,7 @@ use rustix::mount::{MountAttrFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::{DumpableBehavior, Pid, Signal, WaitOptions};
 use rustix::thread::UnshareFlags;
 
-use super::{Context, StageError, sibling_stage, take_control_socket};
+use super::{Context, StageError, sibling_stage_from, take_control_socket};
 use crate::mounts::{self, CONTAINER_ATTRIBUTES, Detached, pseudo_attributes};
 use crate::protocol::{ContainerReport, ContainerSpec, Ended, ExecSpec, RunDir};
 use crate::resolve::{self, Create, Root, Stubs};
@@ -119,7 +119,7 @@ fn run(spec: &ContainerSpec) -> Result<ContainerReport, StageError> {
     }
     let user = read_user(&root, &spec.user)?;
     drop(cwd.fd);
-    let command = start_exec_stage()?;
+    let command = start_exec_stage(&run_dir)?;
     pivot_into(&rootfs)?;
 
     let exec = ExecSpec {
@@ -543,9 +543,16 @@ fn command_env(env: &[String], user: &ExecUser) -> Vec<String> {
 /// loader and libraries, and waited for until it has loaded them: `pivot_root` then moves its
 /// root and working directory along with PID 1's. Its stdin is a socket: it says it is ready,
 /// then waits for its spec.
-fn start_exec_stage() -> Result<(std::process::Child, UnixStream), StageError> {
+///
+/// It runs from a read-only bind mount of this binary: it is the one imgb process the command
+/// can reach, and a command that makes it re-execute itself (an image whose command is a
+/// `#!/proc/self/exe` script, runc's CVE-2019-5736) must find no writable host binary behind
+/// `/proc/<pid>/exe`.
+fn start_exec_stage(run_dir: &RunDir<'_>) -> Result<(std::process::Child, UnixStream), StageError> {
     let (ours, theirs) = UnixStream::pair().context(|| "creating the exec socket".into())?;
-    let child = sibling_stage("exec")
+    let binary = run_dir.exec_binary();
+    read_only_self(&binary)?;
+    let child = sibling_stage_from(&binary, "exec")
         .stdin(Stdio::from(rustix::fd::OwnedFd::from(theirs)))
         .spawn()
         .context(|| "starting the exec stage".into())?;
@@ -554,6 +561,27 @@ fn start_exec_stage() -> Result<(std::process::Child, UnixStream), StageError> {
         .read_exact(&mut ready)
         .context(|| "waiting for the exec stage".into())?;
     Ok((child, ours))
+}
+
+/// A read-only bind mount of this binary at `at` (an empty file it creates). `/proc/self/exe`
+/// itself names a mount of the namespace this process left, which cannot be cloned: its path
+/// is, then checked to still be the same file. Only an attached mount can be made read-only.
+fn read_only_self(at: &Path) -> Result<(), StageError> {
+    let path = fs::read_link("/proc/self/exe").context(|| "reading /proc/self/exe".into())?;
+    let binary = mounts::clone_tree(CWD, &path, false)
+        .context(|| format!("cloning the mount of this binary {}", path.display()))?;
+    let identity = |stat: rustix::fs::Stat| (stat.st_dev, stat.st_ino);
+    let running = rustix::fs::stat("/proc/self/exe").context(|| "stat of this binary".into())?;
+    let cloned = rustix::fs::fstat(&binary).context(|| "stat of this binary's mount".into())?;
+    if identity(running) != identity(cloned) {
+        return Err(StageError(format!(
+            "this binary {} was replaced while imgb runs",
+            path.display()
+        )));
+    }
+    fs::File::create(at).context(|| format!("creating {}", at.display()))?;
+    mounts::attach_at(&binary, None, at).context(|| "attaching this binary's mount".into())?;
+    mounts::restrict(&binary, true).context(|| "making this binary's mount read-only".into())
 }
 
 /// Lets the exec stage start the command, and reaps children until the command ends.

@@ -28,6 +28,7 @@ use std::fmt::Display;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use crate::protocol::Channel;
@@ -94,9 +95,14 @@ fn take_control_socket() -> Result<Channel, StageError> {
 /// The command that starts another stage: this same binary with the same arguments, the last
 /// (this stage's name) replaced by `stage`.
 fn sibling_stage(stage: &str) -> Command {
+    sibling_stage_from(Path::new("/proc/self/exe"), stage)
+}
+
+/// [`sibling_stage`] with this binary reached through `binary` (another path to the same file).
+fn sibling_stage_from(binary: &Path, stage: &str) -> Command {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.pop();
-    let mut command = Command::new("/proc/self/exe");
+    let mut command = Command::new(binary);
     command.args(args).arg(stage).env_clear();
     command
 }
