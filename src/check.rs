@@ -1,8 +1,9 @@
 //! `imgb check`: everything `imgb build` validates before it runs a step, plus the lint checks.
 
-use crate::cli::read_dockerfile;
+use crate::cli::{read_context_dockerfile, read_dockerfile};
 use anyhow::{Result, bail};
 use clap::Args;
+use imgb_builder::context::{Symlinks, open_beneath};
 use imgb_frontend::Diagnostic;
 use imgb_frontend::ignore::{IgnoreRules, find_ignore_file};
 use imgb_frontend::lint;
@@ -51,11 +52,14 @@ pub struct LoadedDockerfile {
 
 impl FrontendArgs {
     pub fn load(&self) -> Result<LoadedDockerfile, ExitCode> {
-        let path = self
-            .file
-            .clone()
-            .unwrap_or_else(|| self.path.join("Dockerfile"));
-        let (name, source) = read_dockerfile(&path).map_err(report)?;
+        let (path, read) = match &self.file {
+            Some(file) => (file.clone(), read_dockerfile(file)),
+            None => (
+                self.path.join("Dockerfile"),
+                read_context_dockerfile(&self.path),
+            ),
+        };
+        let (name, source) = read.map_err(report)?;
         let options = self.build_options().map_err(report)?;
         let dockerfile = Dockerfile::parse(&name, &source)
             .map_err(|diagnostic| print_diagnostic(&diagnostic))?;
@@ -102,8 +106,14 @@ impl FrontendArgs {
         let Some(file) = find_ignore_file(&self.path, dockerfile.unwrap_or(Path::new("")))? else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+        // An ignore file in the context may not lead out of it (an untrusted context); one
+        // beside a `-f` Dockerfile elsewhere is the user's own choice.
+        let read = match file.strip_prefix(&self.path) {
+            Ok(relative) => open_beneath(&self.path, relative, Symlinks::Inside)
+                .and_then(std::io::read_to_string),
+            Err(_) => std::fs::read_to_string(&file),
+        };
+        let text = read.map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
         let rules = IgnoreRules::parse(&text).map_err(|error| {
             let diagnostic: Diagnostic = error.into();
             anyhow::anyhow!(

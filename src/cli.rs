@@ -9,6 +9,7 @@ use crate::commands::run::{self, RunArgs};
 use crate::serve::{self, ServeArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use imgb_builder::context::{Symlinks, open_beneath};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -112,6 +113,22 @@ pub(crate) fn read_dockerfile(path: &Path) -> Result<(String, String)> {
         return Ok(("<stdin>".to_string(), text));
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_dockerfile(path, bytes)
+}
+
+/// The context's own `Dockerfile` (no `-f`): it may be a symlink to another file of the
+/// context, never out of it, so that an untrusted context cannot make imgb read (and quote in
+/// its errors) a file of the host.
+pub(crate) fn read_context_dockerfile(context: &Path) -> Result<(String, String)> {
+    let path = context.join("Dockerfile");
+    let mut bytes = Vec::new();
+    open_beneath(context, Path::new("Dockerfile"), Symlinks::Inside)
+        .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    decode_dockerfile(&path, bytes)
+}
+
+fn decode_dockerfile(path: &Path, bytes: Vec<u8>) -> Result<(String, String)> {
     let text = String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
