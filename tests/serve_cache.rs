@@ -517,3 +517,42 @@ fn a_server_killed_mid_upload_restarts_with_a_consistent_store() {
     assert_eq!(fetched.stdout, blob);
     assert_store_consistent(&root);
 }
+
+#[test]
+fn an_upload_in_flight_at_sigterm_completes_before_the_server_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]);
+    let started = http(
+        &server,
+        "POST",
+        "/v2/team/app/blobs/uploads/",
+        Some(WRITE_TOKEN),
+        &[],
+        b"",
+    );
+    let location = started.header("Location").unwrap();
+    let chunk = vec![9u8; 200_000];
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer {WRITE_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        chunk.len() * 2
+    )
+    .unwrap();
+    stream.write_all(&chunk).unwrap();
+    server.signal("TERM");
+    server.wait_for_stderr("shutting down");
+    // No new connections, but the request in flight finishes.
+    assert!(TcpStream::connect(&server.addr).is_err());
+    stream.write_all(&chunk).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let answer = parse_answer(&answer);
+    assert_eq!(answer.status, 202, "{}", answer.head);
+    assert_eq!(answer.header("Range").as_deref(), Some("0-399999"));
+    assert!(server.wait().success());
+}

@@ -71,7 +71,8 @@ fn the_default_listener_is_a_group_only_unix_socket_in_the_root() {
             &format!("unix://{}", root.join("serve.sock").display()),
         ],
     );
-    drop(server);
+    // Killed: its socket file stays behind, and the next server replaces it.
+    server.kill();
     // Without --listen at all.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imgb"))
         .arg("--root")
@@ -81,11 +82,14 @@ fn the_default_listener_is_a_group_only_unix_socket_in_the_root() {
         .spawn()
         .unwrap();
     let socket = root.join("serve.sock");
-    let mut waited = 0;
-    while !socket.exists() && waited < 200 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        waited += 1;
-    }
+    // Kept open until the end: the server reports its shutdown there too.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut startup = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut startup).unwrap();
+    assert_eq!(
+        startup.trim(),
+        format!("imgb serve: listening on unix://{}", socket.display())
+    );
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     let (status, body) = curl(&[

@@ -3,7 +3,8 @@
 //!
 //! The contract with `super` (mod.rs):
 //! - [`BuildsArgs`] is flattened into `imgb serve`'s flags;
-//! - [`BuildService::new`] is called once at startup with the server's leased store;
+//! - [`BuildService::new`] is called once at startup with the server's store, without a lease
+//!   (a build takes its own, so prune can collect what finished builds no longer hold);
 //! - [`router`] is nested at `/v1/builds` and [`metrics_router`] merged at the root, both behind
 //!   the auth layer (handlers demand scopes with `super::auth::{RequireRead, RequireWrite}`);
 //! - on SIGTERM/SIGINT the server stops accepting, then awaits [`BuildService::drain`] with

@@ -159,7 +159,7 @@ fn upload_unknown() -> Response {
 }
 
 fn internal(context: &str, error: impl std::fmt::Display) -> Response {
-    eprintln!("imgb serve: registry: {context}: {error}");
+    super::log(format_args!("imgb serve: registry: {context}: {error}"));
     self::error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "UNKNOWN",

@@ -281,7 +281,10 @@ pub async fn accept_loop(
             Ok(Connection::Unix(stream)) => spawn_connection(stream, &serving.app, None, watcher()),
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                eprintln!("warning: accepting on {}: {error}", listener.describe());
+                super::log(format_args!(
+                    "warning: accepting on {}: {error}",
+                    listener.describe()
+                ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -9,7 +9,9 @@
 //! - SIGTERM/SIGINT: stop accepting, let running builds finish for `--shutdown-grace`, cancel
 //!   the rest ([`builds::BuildService::drain`]), then close connections gracefully.
 //!
-//! The server holds one lease on the store for its whole life ("imgb serve").
+//! The registry holds one lease on the store for the server's whole life ("imgb serve
+//! registry"), so prune never removes what it stored or served; the build service gets the
+//! store without a lease and takes one per build.
 
 pub mod auth;
 pub mod builds;
@@ -78,7 +80,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
-    let store = crate::commands::open_leased_store(root, "imgb serve")?;
+    let store = crate::commands::open_store(root)?;
     let tokens = match &args.token_file {
         Some(path) => Some(Arc::new(TokenTable::load(path)?)),
         None => None,
@@ -110,7 +112,14 @@ pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
         vetted.push((address, resolved));
     }
     let tls = tls_files.as_ref().map(listen::tls_acceptor).transpose()?;
-    let service = Arc::new(builds::BuildService::new(store.clone(), &args.builds)?);
+    let registry_store = store
+        .leased("imgb serve registry")
+        .with_context(|| format!("taking a lease on {}", store.root().display()))?;
+    let registry = Arc::new(distribution::Registry::new(
+        registry_store,
+        args.max_blob_size,
+    ));
+    let service = Arc::new(builds::BuildService::new(store, &args.builds)?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,7 +130,6 @@ pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
         for (address, resolved) in &vetted {
             listeners.push(Listener::bind(address, resolved).await?);
         }
-        let registry = Arc::new(distribution::Registry::new(store, args.max_blob_size));
         let app = app(tokens, service.clone(), registry);
         serve(
             listeners,
@@ -158,6 +166,13 @@ pub fn app(
         .layer(DefaultBodyLimit::max(MAX_BUFFERED_BODY))
 }
 
+/// Writes a line to stderr, the server's log. Unlike `eprintln!` it never panics: a server whose
+/// stderr was closed (its supervisor went away) keeps serving and still shuts down cleanly.
+pub(crate) fn log(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 async fn not_found() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     (
         axum::http::StatusCode::NOT_FOUND,
@@ -182,7 +197,10 @@ async fn serve(
     let graceful = Arc::new(GracefulShutdown::new());
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        eprintln!("imgb serve: listening on {}", listener.describe());
+        log(format_args!(
+            "imgb serve: listening on {}",
+            listener.describe()
+        ));
         let graceful = graceful.clone();
         loops.spawn(listen::accept_loop(
             listener,
@@ -195,9 +213,9 @@ async fn serve(
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    eprintln!(
+    log(format_args!(
         "imgb serve: shutting down: no new connections; running builds get {grace:?} to finish"
-    );
+    ));
     // Every receiver may already be gone if all loops ended; there is nothing left to stop then.
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
@@ -209,7 +227,9 @@ async fn serve(
         .await
         .is_err()
     {
-        eprintln!("imgb serve: closing connections still open after {CONNECTION_DRAIN:?}");
+        log(format_args!(
+            "imgb serve: closing connections still open after {CONNECTION_DRAIN:?}"
+        ));
     }
     Ok(())
 }

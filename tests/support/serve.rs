@@ -14,7 +14,7 @@ pub struct TestServer {
     child: Child,
     /// What the server printed to stderr so far (its startup lines).
     pub startup: String,
-    stderr: Option<std::process::ChildStderr>,
+    stderr: Option<BufReader<std::process::ChildStderr>>,
 }
 
 impl TestServer {
@@ -53,7 +53,7 @@ impl TestServer {
             addr,
             child,
             startup,
-            stderr: Some(stderr.into_inner()),
+            stderr: Some(stderr),
         }
     }
 
@@ -64,13 +64,45 @@ impl TestServer {
 
     /// Sends SIGTERM and waits; returns the exit status and the rest of stderr.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        super::run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        self.signal("TERM");
         let status = self.child.wait().expect("imgb serve exits");
         let mut rest = String::new();
-        if let Some(mut stderr) = self.stderr.take() {
+        if let Some(stderr) = &mut self.stderr {
             let _ = stderr.read_to_string(&mut rest);
         }
         (status, rest)
+    }
+
+    /// Sends `kill -SIGNAL` without waiting.
+    pub fn signal(&self, signal: &str) {
+        super::run(
+            Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]),
+        );
+    }
+
+    /// Reads stderr until a line contains `needle`; returns what was read (panics at EOF).
+    pub fn wait_for_stderr(&mut self, needle: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("stderr is piped");
+        let mut read = String::new();
+        loop {
+            let mut line = String::new();
+            if stderr
+                .read_line(&mut line)
+                .expect("reading imgb serve's stderr")
+                == 0
+            {
+                panic!("imgb serve's stderr ended before {needle:?}:\n{read}");
+            }
+            read.push_str(&line);
+            if line.contains(needle) {
+                return read;
+            }
+        }
+    }
+
+    /// Waits for the server to exit by itself.
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.wait().expect("imgb serve exits")
     }
 
     /// SIGKILL, as a crash would.
