@@ -462,6 +462,17 @@ fn a_disk_filler_is_stopped_at_the_disk_limit_with_a_clear_error() {
         log.contains("RUN head -c 1073741824") && log.contains("over the step's limit of 32.0 MiB"),
         "{log}"
     );
+    // Stopped long before it wrote its gigabyte: the host never lost more than a margin.
+    let used: f64 = log
+        .split(" MiB of disk")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no disk use in the error: {log}"));
+    assert!(
+        used < 512.0,
+        "the step wrote {used} MiB before it was stopped"
+    );
     // A small step under the same limit still builds.
     context.write(
         "Dockerfile",
