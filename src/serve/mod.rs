@@ -7,7 +7,8 @@
 //! - request heads are capped by [`listen`]; bodies that handlers buffer (JSON, manifests) by
 //!   [`MAX_BUFFERED_BODY`]; streamed bodies (contexts, blobs) by their own handlers' limits;
 //! - SIGTERM/SIGINT: stop accepting, let running builds finish for `--shutdown-grace`, cancel
-//!   the rest ([`builds::BuildService::drain`]), then close connections gracefully.
+//!   the rest ([`builds::BuildService::drain`]), then close connections gracefully; a second
+//!   signal cancels running builds at once.
 //!
 //! The registry holds one lease on the store for the server's whole life ("imgb serve
 //! registry"), so prune never removes what it stored or served; the build service gets the
@@ -219,7 +220,12 @@ async fn serve(
     // Every receiver may already be gone if all loops ended; there is nothing left to stop then.
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
-    service.drain(grace).await;
+    // A second signal means "now": running builds are cancelled without waiting out the grace.
+    tokio::select! {
+        () = service.drain(grace) => {}
+        _ = terminate.recv() => service.drain(Duration::ZERO).await,
+        _ = interrupt.recv() => service.drain(Duration::ZERO).await,
+    }
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         bail!("internal error: an accept loop outlived shutdown");
     };
