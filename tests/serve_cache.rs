@@ -556,3 +556,24 @@ fn an_upload_in_flight_at_sigterm_completes_before_the_server_exits() {
     assert_eq!(answer.header("Range").as_deref(), Some("0-399999"));
     assert!(server.wait().success());
 }
+
+#[test]
+fn imgb_login_takes_a_token_as_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let login = |token: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imgb"))
+            .env("IMGB_AUTH_FILE", dir.path().join("auth.json"))
+            .args(["login", &server.addr, "-u", "anyone", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(login(READ_TOKEN).status.success());
+    let refused = login("not-a-token");
+    assert!(!refused.status.success());
+    assert!(!support::stderr(&refused).contains("not-a-token"));
+}
