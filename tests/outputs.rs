@@ -227,3 +227,97 @@ fn compression_choices_reach_the_layer_media_types() {
         "compression changes blobs, never diffIDs: {diff_ids:?}"
     );
 }
+
+/// BuildKit's exporters: a layer a step made is compressed (gzip unless `compression=` says
+/// otherwise), a base layer keeps the compression it is stored with, and the digest reported is
+/// the exported manifest's, the same on every root for the same build.
+#[test]
+fn built_layers_are_exported_compressed_and_base_layers_as_stored() {
+    let Some(root) = shared_root() else { return };
+    let Some(skopeo) = tool("skopeo") else { return };
+    let context = TestContext::new(
+        &format!("FROM {BASE}\nCOPY hello.txt /hello.txt\n"),
+        &[("hello.txt", "hello, compressed\n")],
+    );
+    let dir = context.dir.path();
+    let zstd_base = dir.join("base.tar");
+    imgb_ok(
+        root,
+        &[
+            "save",
+            BASE,
+            "-o",
+            &format!("type=oci,compression=zstd,dest={}", zstd_base.display()),
+        ],
+    );
+    let layer_types = |archive: &Path| -> Vec<String> {
+        let manifest = skopeo_json(
+            &skopeo,
+            &[
+                "inspect",
+                "--raw",
+                &format!("oci-archive:{}", archive.display()),
+            ],
+        );
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|layer| layer["mediaType"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let zstd_type = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let base_types = layer_types(&zstd_base);
+    assert!(base_types.iter().all(|t| t == zstd_type), "{base_types:?}");
+
+    let mut reported = Vec::new();
+    for name in ["first", "second"] {
+        let fresh = dir.join(format!("root-{name}"));
+        imgb_ok(&fresh, &["load", "-i", zstd_base.to_str().unwrap()]);
+        let archive = dir.join(format!("{name}.tar"));
+        let zstd_archive = dir.join(format!("{name}-zstd.tar"));
+        let metadata = dir.join(format!("{name}.json"));
+        context.build_ok(
+            &fresh,
+            &[
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=1700000000",
+                "--metadata-file",
+                metadata.to_str().unwrap(),
+                "-o",
+                &format!("type=oci,dest={}", archive.display()),
+                "-o",
+                &format!("type=oci,compression=zstd,dest={}", zstd_archive.display()),
+            ],
+        );
+        let types = layer_types(&archive);
+        assert_eq!(types.len(), base_types.len() + 1, "{types:?}");
+        assert_eq!(
+            types[..base_types.len()],
+            base_types,
+            "base layers as stored"
+        );
+        assert_eq!(
+            types[base_types.len()],
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "the COPY's layer"
+        );
+        let zstd_types = layer_types(&zstd_archive);
+        assert!(zstd_types.iter().all(|t| t == zstd_type), "{zstd_types:?}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+        let inspected = skopeo_json(
+            &skopeo,
+            &["inspect", &format!("oci-archive:{}", archive.display())],
+        );
+        assert_eq!(
+            json["containerimage.digest"], inspected["Digest"],
+            "the reported digest is the exported manifest's"
+        );
+        reported.push(inspected["Digest"].clone());
+    }
+    assert_eq!(
+        reported[0], reported[1],
+        "the same build compresses to the same manifest on every root"
+    );
+}

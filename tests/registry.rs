@@ -98,8 +98,18 @@ fn push_base_with_skopeo(dir: &Path, busybox: &Path, registry: &TestRegistry) ->
 }
 
 fn skopeo_inspect(skopeo: &Path, registry: &TestRegistry, name: &str) -> serde_json::Value {
+    skopeo_inspect_with(skopeo, registry, name, &[])
+}
+
+/// `skopeo inspect` of `name` on `registry` with `flags` (`--raw`: the manifest itself).
+fn skopeo_inspect_with(
+    skopeo: &Path,
+    registry: &TestRegistry,
+    name: &str,
+    flags: &[&str],
+) -> serde_json::Value {
     let mut inspect = Command::new(skopeo);
-    inspect.args(["inspect", "--tls-verify=false"]);
+    inspect.args(["inspect", "--tls-verify=false"]).args(flags);
     if let Some(creds) = registry.creds() {
         inspect.args(["--creds", &creds]);
     }
@@ -177,6 +187,11 @@ fn tls_registry_with_auth_pull_build_push_and_pull_back_give_the_same_digests() 
     let inspected = skopeo_inspect(&skopeo, &registry, "team/app:1");
     assert_eq!(inspected["Digest"], digest, "{inspected}");
     assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(2));
+    let manifest = skopeo_inspect_with(&skopeo, &registry, "team/app:1", &["--raw"]);
+    assert_eq!(
+        manifest["layers"][1]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+        "the RUN's layer is pushed gzip-compressed, as BuildKit pushes it: {manifest}"
+    );
     assert_eq!(
         inspected["Env"]
             .as_array()
@@ -436,6 +451,15 @@ fn client_api_uploads_in_chunks_mounts_across_repositories_and_fetches_back() {
     let image = store
         .write_image(&config, vec![layer_descriptor.clone()])
         .unwrap();
+    // A stored (not built) uncompressed layer is pushed as it is.
+    let exported = imgb_cache::exported_image(
+        &store,
+        &image,
+        imgb_cache::LayerCompressionChoice::DEFAULT,
+        true,
+    )
+    .unwrap();
+    assert_eq!(exported.manifest, image.descriptor);
 
     let mut config = RegistryConfig::from_env();
     config.chunk_size = 64 * 1024;
@@ -446,7 +470,7 @@ fn client_api_uploads_in_chunks_mounts_across_repositories_and_fetches_back() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let pushed = client
-            .push_image(&store, &image, &[first.clone(), second.clone()])
+            .push_image(&store, &exported, &[first.clone(), second.clone()])
             .await
             .unwrap();
         assert_eq!((pushed[0].uploaded, pushed[0].mounted), (2, 0));

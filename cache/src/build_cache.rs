@@ -33,11 +33,11 @@ use serde::{Deserialize, Serialize};
 use crate::compress::Compression;
 use crate::digest::Digest;
 use crate::export::{
-    DirLayout, ExportError, LayoutWriter, blob_path as layout_blob_path, compressed_layer,
+    DirLayout, ExportError, LayerCompressionChoice, LayoutWriter, blob_path as layout_blob_path,
 };
 use crate::oci::{
-    Descriptor, ImageConfig, ImageIndex, ImageLayout, ImageManifest, LayerCompression, annotation,
-    canonical_json, is_manifest_type,
+    Descriptor, ImageConfig, ImageIndex, ImageLayout, ImageManifest, annotation, canonical_json,
+    is_manifest_type,
 };
 use crate::reference::Reference;
 use crate::registry::{ManifestDocument, Registry, RegistryError};
@@ -458,8 +458,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| BuildCacheError::Panicked(error.to_string()))?
 }
 
-/// Writes `content` to `location`, its layers recompressed to `compression` where they differ;
-/// returns the cache manifest's descriptor.
+/// Writes `content` to `location`; returns the cache manifest's descriptor. Built layers are
+/// compressed with `compression` (default gzip, as images are exported); a `compression` that
+/// is given also recompresses every other layer that differs.
 pub async fn export_cache(
     store: &Store,
     registry: &Registry,
@@ -467,14 +468,12 @@ pub async fn export_cache(
     mut content: CacheContent,
     compression: Option<Compression>,
 ) -> Result<Descriptor, BuildCacheError> {
-    if let Some(compression) = compression {
-        for (layer, diff_id) in content.layers.iter_mut().zip(&content.config.diff_ids) {
-            if LayerCompression::from_media_type(&layer.media_type)
-                != Some(LayerCompression::of(compression))
-            {
-                *layer = compressed_layer(store, layer, diff_id, compression)?;
-            }
-        }
+    let choice = LayerCompressionChoice {
+        compression: compression.unwrap_or(Compression::GZIP_DEFAULT),
+        force: compression.is_some(),
+    };
+    for (layer, diff_id) in content.layers.iter_mut().zip(&content.config.diff_ids) {
+        *layer = choice.exported_layer(store, layer, diff_id)?;
     }
     let source = location.to_string();
     let encode = |document| json_error(&source, document);

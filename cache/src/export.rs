@@ -11,12 +11,15 @@
 //!   read it; Docker media types unless `oci-mediatypes=true` (or zstd is asked for).
 //! - `local` / `tar`: the layers applied in order (whiteouts removing what they name).
 //!
-//! Layers are exported as the manifest names them: a stored blob as it is, a build step's layer
-//! (kept only as its snapshot) as its uncompressed tar rebuilt from the snapshot
-//! ([`Store::open_layer`]); nothing is compressed unless `force-compression=true` asks for
-//! another compression than a layer has (the converted layer's diffID is checked).
-//! When media types and layers are unchanged the stored manifest is exported byte for byte, so
-//! its digest is the one `imgb images` shows. Every blob is read through the verifying reader
+//! Layers are compressed as BuildKit's exporters do ([`LayerCompressionChoice`]): a build step's
+//! layer (kept only as its snapshot, described as an uncompressed tar in the store) is exported
+//! with `compression=` (default gzip), base layers keep the blobs they are stored as, and
+//! `force-compression=true` converts every layer (the converted layer's diffID is checked).
+//! A layer is compressed once per (diffID, compression) and the blob kept, so the same build
+//! always exports and pushes the same manifest digest; [`exported_image`] is that manifest, for
+//! outputs and pushes alike. When media types and layers are unchanged the stored manifest is
+//! exported byte for byte, so its digest is the one `imgb images` shows. Every blob is read
+//! through the verifying reader
 //! and outputs are written to a temporary name and renamed at the end, so a corrupt blob fails
 //! the export and never leaves an output behind (standard output excepted: the stream breaks).
 
@@ -117,7 +120,12 @@ pub fn export(
     };
     let manifest = match spec.kind {
         OutputKind::Oci | OutputKind::Docker => {
-            let prepared = prepare(store, image, spec)?;
+            let prepared = exported_image(
+                store,
+                image,
+                spec.layer_compression(),
+                spec.uses_oci_media_types(),
+            )?;
             let docker = spec.kind == OutputKind::Docker;
             match (&spec.dest, spec.tar || docker) {
                 (Destination::Path(dir), false) => {
@@ -181,19 +189,76 @@ fn read_error(store_path: &Path) -> impl FnOnce(io::Error) -> ExportError {
     }
 }
 
-/// The image as it will be exported.
-#[derive(Debug)]
-struct Prepared {
-    manifest: Descriptor,
-    manifest_bytes: Vec<u8>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-    /// The layers' diffIDs, in the same order.
-    diff_ids: Vec<Digest>,
+/// How exported layers are compressed, as BuildKit's exporters do: a layer a build step made
+/// gets `compression`; other layers (a base image's) keep theirs unless `force` is set.
+///
+/// A built layer is recognized as an uncompressed layer with a snapshot, never by whether its
+/// uncompressed blob happens to be stored, so an export does not depend on that. An uncompressed
+/// base layer (a loaded docker-archive's) is kept as it is until a step has unpacked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerCompressionChoice {
+    pub compression: Compression,
+    pub force: bool,
 }
 
-fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prepared, ExportError> {
-    let oci = spec.uses_oci_media_types();
+impl LayerCompressionChoice {
+    /// BuildKit's default: built layers gzip-compressed, base layers as they are.
+    pub const DEFAULT: Self = Self {
+        compression: Compression::GZIP_DEFAULT,
+        force: false,
+    };
+
+    /// The compression `layer` (stored with `stored`) must be converted to, if any.
+    fn conversion(
+        self,
+        store: &Store,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        stored: LayerCompression,
+    ) -> Option<Compression> {
+        let built = stored == LayerCompression::None
+            && layer.digest == *diff_id
+            && store.snapshot(diff_id).is_some();
+        let applies = self.force || built;
+        (applies && LayerCompression::of(self.compression) != stored).then_some(self.compression)
+    }
+
+    /// `layer` (with `diff_id`) as exported: converted when it must be (an OCI descriptor of
+    /// the compressed blob), else as stored; a layer of an unknown type stays as it is.
+    pub fn exported_layer(
+        self,
+        store: &Store,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<Descriptor, ExportError> {
+        match LayerCompression::from_media_type(&layer.media_type)
+            .and_then(|stored| self.conversion(store, layer, diff_id, stored))
+        {
+            Some(compression) => compressed_layer(store, layer, diff_id, compression),
+            None => Ok(layer.clone()),
+        }
+    }
+}
+
+/// An image as an output or a push carries it: its manifest (and bytes), config and layers.
+#[derive(Debug, Clone)]
+pub struct ExportedImage {
+    pub manifest: Descriptor,
+    pub manifest_bytes: Vec<u8>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    /// The layers' diffIDs, in the same order.
+    pub diff_ids: Vec<Digest>,
+}
+
+/// `image` with its layers compressed as `choice` says and OCI (`oci`) or Docker media types;
+/// converted layers are compressed into the store (once: later calls reuse the blobs).
+pub fn exported_image(
+    store: &Store,
+    image: &StoredImage,
+    choice: LayerCompressionChoice,
+    oci: bool,
+) -> Result<ExportedImage, ExportError> {
     let mut layers = Vec::with_capacity(image.manifest.layers.len());
     for (layer, diff_id) in image.layers_with_diff_ids() {
         let stored = LayerCompression::from_media_type(&layer.media_type).ok_or_else(|| {
@@ -202,9 +267,7 @@ fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prep
                 media_type: layer.media_type.clone(),
             }
         })?;
-        let wanted = spec
-            .forced_compression()
-            .filter(|wanted| LayerCompression::of(*wanted) != stored);
+        let wanted = choice.conversion(store, layer, diff_id, stored);
         let mut exported = match wanted {
             Some(compression) => compressed_layer(store, layer, diff_id, compression)?,
             None => layer.clone(),
@@ -262,7 +325,7 @@ fn prepare(store: &Store, image: &StoredImage, spec: &OutputSpec) -> Result<Prep
         );
         (descriptor, bytes)
     };
-    Ok(Prepared {
+    Ok(ExportedImage {
         manifest,
         manifest_bytes,
         config,
@@ -394,7 +457,7 @@ pub(crate) trait LayoutWriter {
 fn write_layout(
     writer: &mut impl LayoutWriter,
     store: &Store,
-    prepared: &Prepared,
+    prepared: &ExportedImage,
     names: &[Reference],
     docker: bool,
 ) -> Result<(), ExportError> {

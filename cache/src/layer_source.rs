@@ -263,14 +263,39 @@ mod tests {
     use std::fs;
 
     fn adopted(dir: &tempfile::TempDir) -> (Store, crate::snapshot::SnapshotLayer) {
+        adopted_with(dir, None)
+    }
+
+    /// A step's output adopted as a snapshot, its mtimes clamped to `source_date_epoch`.
+    fn adopted_with(
+        dir: &tempfile::TempDir,
+        source_date_epoch: Option<i64>,
+    ) -> (Store, crate::snapshot::SnapshotLayer) {
         let store = Store::open(dir.path().join("root")).unwrap();
         let output = store.tmp_dir().join("step");
         fs::create_dir_all(&output).unwrap();
         for i in 0..40 {
             fs::write(output.join(format!("f{i}")), vec![b'x'; i * 50_000]).unwrap();
         }
-        let layer = store.adopt_snapshot(&output, None).unwrap();
+        let layer = store.adopt_snapshot(&output, source_date_epoch).unwrap();
         (store, layer)
+    }
+
+    /// An image of the one layer, stored as the build stores it (uncompressed descriptor).
+    fn image_of(store: &Store, layer: &crate::snapshot::SnapshotLayer) -> crate::StoredImage {
+        use crate::oci::{ImageConfig, RootFs};
+        let config = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            rootfs: RootFs {
+                diff_ids: vec![layer.diff_id.clone()],
+                ..RootFs::default()
+            },
+            ..ImageConfig::default()
+        };
+        store
+            .write_image(&config, vec![layer.descriptor()])
+            .unwrap()
     }
 
     fn read_all(reader: &mut LayerReader) -> Result<Vec<u8>, StoreError> {
@@ -342,23 +367,11 @@ mod tests {
     }
 
     #[test]
-    fn export_is_the_same_whether_or_not_the_blob_was_stored_and_fails_on_a_changed_snapshot() {
-        use crate::oci::{ImageConfig, RootFs};
+    fn export_compresses_a_built_layer_the_same_whether_or_not_its_tar_was_stored() {
         use crate::output::OutputSpec;
         let dir = tempfile::tempdir().unwrap();
         let (store, layer) = adopted(&dir);
-        let config = ImageConfig {
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            rootfs: RootFs {
-                diff_ids: vec![layer.diff_id.clone()],
-                ..RootFs::default()
-            },
-            ..ImageConfig::default()
-        };
-        let image = store
-            .write_image(&config, vec![layer.descriptor()])
-            .unwrap();
+        let image = image_of(&store, &layer);
         let export_to = |name: &str| {
             let dest = dir.path().join(name);
             let spec = OutputSpec::parse(&format!("type=oci,dest={}", dest.display())).unwrap();
@@ -373,16 +386,77 @@ mod tests {
             lazy == stored,
             "the export depends on whether the blob was stored"
         );
+        let gzip =
+            store.compressed_memo_path(&layer.diff_id, crate::compress::Compression::GZIP_DEFAULT);
+        assert!(
+            gzip.is_file(),
+            "the built layer is exported gzip-compressed"
+        );
 
+        // Rebuilt from the snapshot, the uncompressed tar is checked against its digest.
         fs::remove_file(store.blob_path(&layer.diff_id)).unwrap();
         let snapshot = store.snapshot(&layer.diff_id).unwrap();
         fs::write(snapshot.join("f1"), b"y".repeat(50_000)).unwrap();
-        let error = export_to("changed.tar").unwrap_err();
+        let uncompressed = |name: &str| {
+            let dest = dir.path().join(name);
+            let spec = OutputSpec::parse(&format!(
+                "type=oci,compression=uncompressed,dest={}",
+                dest.display()
+            ))
+            .unwrap();
+            crate::export::export(&store, &image, &[], &spec).map(|_| dest)
+        };
+        let error = uncompressed("changed.tar").unwrap_err();
         assert!(
             error.to_string().contains("no longer gives its layer"),
             "{error}"
         );
         assert!(!dir.path().join("changed.tar").exists());
+    }
+
+    #[test]
+    fn built_layers_are_exported_compressed_as_asked_with_one_digest_per_build() {
+        use crate::compress::Compression;
+        use crate::export::{LayerCompressionChoice, exported_image};
+        use crate::oci::media_type;
+        let export_as = |compression, oci| {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, layer) = adopted_with(&dir, Some(1_700_000_000));
+            let image = image_of(&store, &layer);
+            let choice = LayerCompressionChoice {
+                compression,
+                force: false,
+            };
+            let exported = exported_image(&store, &image, choice, oci).unwrap();
+            let mut reader = store
+                .open_layer(&exported.layers[0], &layer.diff_id)
+                .unwrap();
+            let blob = read_all(&mut reader).unwrap();
+            (image, exported, blob)
+        };
+        let (image, gzip, blob) = export_as(Compression::GZIP_DEFAULT, true);
+        assert_eq!(gzip.layers[0].media_type, media_type::OCI_LAYER_GZIP);
+        assert_ne!(gzip.manifest.digest, image.descriptor.digest);
+        assert_eq!(
+            &blob[..10],
+            &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+            "gzip header: no mtime, no name, OS unknown"
+        );
+        let (_, again, _) = export_as(Compression::GZIP_DEFAULT, true);
+        assert_eq!(
+            again.manifest.digest, gzip.manifest.digest,
+            "another root, the same build: the same compressed manifest"
+        );
+        let (_, docker, _) = export_as(Compression::GZIP_DEFAULT, false);
+        assert_eq!(docker.layers[0].media_type, media_type::DOCKER_LAYER_GZIP);
+        assert_eq!(docker.layers[0].digest, gzip.layers[0].digest);
+        let (_, zstd, _) = export_as(Compression::ZSTD_DEFAULT, true);
+        assert_eq!(zstd.layers[0].media_type, media_type::OCI_LAYER_ZSTD);
+        let (image, plain, _) = export_as(Compression::None, true);
+        assert_eq!(
+            plain.manifest, image.descriptor,
+            "compression=uncompressed exports the stored manifest"
+        );
     }
 
     #[test]

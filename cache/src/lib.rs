@@ -33,8 +33,9 @@
 //! diffID is the hash of its deterministic tar, streamed and not kept; manifests name it as an
 //! uncompressed layer (digest = diffID, size = tar length), so an image's manifest digest never
 //! depends on whether or when a blob was written. The tar is rebuilt from the snapshot when an
-//! export, `imgb save` or a push reads the layer; compression happens only there
-//! (`force-compression=true`). Base image layers keep the blobs they were loaded as.
+//! export, `imgb save` or a push reads the layer, and compressed there (gzip unless the output
+//! says otherwise; once per diffID and compression, the blob kept). Base image layers keep the
+//! blobs they were loaded as unless `force-compression=true`.
 //!
 //! Invariants:
 //! - Every file is written to `tmp/`, fsynced and renamed into place: a reader never sees a
@@ -79,7 +80,10 @@ pub use compress::Compression;
 pub use confined::{Below, BelowEntry, ResolveError};
 pub use decompress::{StreamCompression, is_tar_archive};
 pub use digest::{Digest, DigestError};
-pub use export::{ExportError, ExportReport, compressed_layer, export};
+pub use export::{
+    ExportError, ExportReport, ExportedImage, LayerCompressionChoice, compressed_layer, export,
+    exported_image,
+};
 pub use image::{ImageError, ImageSummary, StoredImage};
 pub use import::{ImportError, LoadedImage, load_archive};
 pub use layer::{

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::compress::Compression;
+use crate::export::LayerCompressionChoice;
 use crate::reference::Reference;
 
 /// What an export produces.
@@ -285,11 +286,13 @@ impl OutputSpec {
         }
     }
 
-    /// The compression every layer must have: with `force-compression=true`, the requested
-    /// one or BuildKit's default, gzip; otherwise none (layers are exported as stored).
-    pub fn forced_compression(&self) -> Option<Compression> {
-        self.force_compression
-            .then(|| self.compression.unwrap_or(Compression::GZIP_DEFAULT))
+    /// How this output compresses layers: with `compression=` (default gzip, as BuildKit),
+    /// applied to every layer with `force-compression=true`.
+    pub fn layer_compression(&self) -> LayerCompressionChoice {
+        LayerCompressionChoice {
+            compression: self.compression.unwrap_or(Compression::GZIP_DEFAULT),
+            force: self.force_compression,
+        }
     }
 
     /// Whether manifests and layers get OCI media types.
@@ -402,20 +405,26 @@ mod tests {
     }
 
     #[test]
-    fn force_compression_defaults_to_gzip_like_buildkit() {
-        assert_eq!(parse("type=oci,dest=x").forced_compression(), None);
+    fn layer_compression_defaults_to_gzip_like_buildkit() {
+        let choice = |spec: &str| parse(spec).layer_compression();
         assert_eq!(
-            parse("type=oci,dest=x,compression=zstd").forced_compression(),
-            None
+            choice("type=oci,dest=x"),
+            LayerCompressionChoice {
+                compression: Compression::GZIP_DEFAULT,
+                force: false
+            }
         );
         assert_eq!(
-            parse("type=oci,dest=x,force-compression=true").forced_compression(),
-            Some(Compression::GZIP_DEFAULT)
+            choice("type=oci,dest=x,compression=zstd").compression,
+            Compression::ZSTD_DEFAULT
         );
+        assert!(choice("type=oci,dest=x,force-compression=true").force);
         assert_eq!(
-            parse("type=oci,dest=x,compression=uncompressed,force-compression=1")
-                .forced_compression(),
-            Some(Compression::None)
+            choice("type=oci,dest=x,compression=uncompressed,force-compression=1"),
+            LayerCompressionChoice {
+                compression: Compression::None,
+                force: true
+            }
         );
     }
 

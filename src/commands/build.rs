@@ -21,8 +21,8 @@ use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::registry::Registry;
 use imgb_cache::{
-    Destination, Digest, ExportError, ImageError, OutputKind, OutputSpec, Reference, Resource,
-    Store, StoreError, export,
+    Destination, Digest, ExportError, ImageError, LayerCompressionChoice, OutputKind, OutputSpec,
+    Reference, Resource, Store, StoreError, export, exported_image,
 };
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
@@ -445,6 +445,9 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .with_context(|| format!("exporting the build cache to {location}"))?;
     }
     let mut push_to = if args.push { names.clone() } else { Vec::new() };
+    // A push carries the layers as the first pushing output asks (BuildKit's default: gzip).
+    let mut push_format = (LayerCompressionChoice::DEFAULT, true);
+    let mut push_format_set = false;
     let (image_outputs, file_outputs): (Vec<_>, Vec<_>) = outputs
         .iter()
         .partition(|spec| spec.kind == OutputKind::Image);
@@ -462,30 +465,45 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
                 bail!("-o type=image,push=true needs name=REGISTRY/NAME:TAG (or -t)");
             }
             push_to.extend(spec_names.iter().cloned());
+            if !push_format_set {
+                push_format = (spec.layer_compression(), spec.uses_oci_media_types());
+                push_format_set = true;
+            }
         }
     }
-    if !file_outputs.is_empty() {
+    if !file_outputs.is_empty() || (!push_to.is_empty() && push_format.0.force) {
         // Base layers that no step needed were never downloaded; an export needs them.
         runtime
             .block_on(registry.ensure_blobs(&store, &image.manifest.layers))
             .context("fetching base layers for the export")?;
     }
+    // The digest shown is that of the manifest users get: pushed, else exported, else stored.
+    let mut exported_digest = None;
     for spec in file_outputs {
-        export(&store, &image, &names, spec)
+        let report = export(&store, &image, &names, spec)
             .with_context(|| format!("exporting to {:?}", spec.dest))?;
+        exported_digest = exported_digest.or(report.manifest.map(|manifest| manifest.digest));
     }
     push_to.sort();
     push_to.dedup();
+    let mut pushed_digest = None;
     if !push_to.is_empty() {
-        push_image(&runtime, &registry, &store, &image, &push_to)?;
+        let (choice, oci) = push_format;
+        let pushed = exported_image(&store, &image, choice, oci)
+            .context("compressing the layers to push")?;
+        push_image(&runtime, &registry, &store, &pushed, &push_to)?;
+        pushed_digest = Some(pushed.manifest.digest);
     }
+    let image_digest = pushed_digest
+        .or(exported_digest)
+        .unwrap_or_else(|| image.descriptor.digest.clone());
     let image_id = image.manifest.config.digest.to_string();
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &image_id).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
         let metadata = serde_json::json!({
-            "containerimage.digest": image.descriptor.digest.to_string(),
+            "containerimage.digest": image_digest.to_string(),
             "containerimage.config.digest": image_id,
             "image.name": names.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         });
@@ -504,7 +522,7 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         &summary,
         &Built {
             id: &image_id,
-            digest: image.descriptor.digest.as_str(),
+            digest: image_digest.as_str(),
             names: &names,
         },
     );

@@ -13,7 +13,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use imgb_cache::oci::Platform;
 use imgb_cache::registry::{Credentials, PushedImage, Registry, RegistryConfig, auth};
-use imgb_cache::{Reference, Store, StoredImage};
+use imgb_cache::{
+    ExportedImage, LayerCompressionChoice, Reference, Store, StoredImage, exported_image,
+};
 
 use crate::commands::open_leased_store;
 
@@ -202,7 +204,15 @@ pub fn push(root: Option<PathBuf>, args: &PushArgs) -> Result<ExitCode> {
             .collect::<Result<Vec<_>>>()?
     };
     let registry = args.registry.client([]);
-    push_image(&runtime()?, &registry, &store, &image, &destinations)?;
+    // Built layers gzip-compressed, as the build's own push does; media types as stored.
+    let pushed = exported_image(
+        &store,
+        &image,
+        LayerCompressionChoice::DEFAULT,
+        image.manifest.is_oci(),
+    )
+    .context("compressing the layers to push")?;
+    push_image(&runtime()?, &registry, &store, &pushed, &destinations)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,7 +221,7 @@ pub fn push_image(
     runtime: &tokio::runtime::Runtime,
     registry: &Registry,
     store: &Store,
-    image: &StoredImage,
+    image: &ExportedImage,
     destinations: &[Reference],
 ) -> Result<Vec<PushedImage>> {
     let pushed = runtime

@@ -11,7 +11,7 @@ use reqwest::{Method, Response, StatusCode};
 use super::transport::{Call, status_error};
 use super::{Registry, RegistryError, Repository};
 use crate::digest::Digest;
-use crate::image::StoredImage;
+use crate::export::ExportedImage;
 use crate::oci::Descriptor;
 use crate::reference::Reference;
 use crate::store::Store;
@@ -249,17 +249,17 @@ impl Repository {
 }
 
 impl Registry {
-    /// Pushes a stored image to each of `destinations`: the blobs first (several at a time),
-    /// then the manifest under the destination's tag (or digest).
+    /// Pushes an image, as [`exported_image`](crate::export::exported_image) made it from the
+    /// store, to each of `destinations`: the blobs first (several at a time), then the manifest
+    /// under the destination's tag (or digest).
     pub async fn push_image(
         &self,
         store: &Store,
-        image: &StoredImage,
+        image: &ExportedImage,
         destinations: &[Reference],
     ) -> Result<Vec<PushedImage>, RegistryError> {
-        let manifest = store.read_blob(&image.descriptor.digest)?;
-        let blobs: Vec<Descriptor> = std::iter::once(image.manifest.config.clone())
-            .chain(image.manifest.layers.iter().cloned())
+        let blobs: Vec<Descriptor> = std::iter::once(image.config.clone())
+            .chain(image.layers.iter().cloned())
             .collect();
         let mut pushed = Vec::new();
         for destination in destinations {
@@ -282,7 +282,7 @@ impl Registry {
             }
             let mut result = PushedImage {
                 reference: destination.clone(),
-                digest: image.descriptor.digest.clone(),
+                digest: image.manifest.digest.clone(),
                 uploaded: 0,
                 mounted: 0,
                 already_there: 0,
@@ -301,9 +301,9 @@ impl Registry {
             let tag = destination
                 .tag()
                 .map(str::to_owned)
-                .unwrap_or_else(|| image.descriptor.digest.to_string());
+                .unwrap_or_else(|| image.manifest.digest.to_string());
             repository
-                .push_manifest(&tag, &image.descriptor.media_type, &manifest)
+                .push_manifest(&tag, &image.manifest.media_type, &image.manifest_bytes)
                 .await?;
             pushed.push(result);
         }
