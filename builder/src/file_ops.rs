@@ -829,13 +829,13 @@ fn set_mtime(path: &Path, seconds: i64, nanos: i64) -> Result<(), FileOpError> {
     .map_err(|errno| FileOpError::Io(PathIoError::new("set mtime", path, errno)))
 }
 
-/// `user[:group]` → numeric ids, names looked up in the base's `/etc/passwd` and `/etc/group`.
-/// Without a group, a user named in passwd gets its primary group and a numeric user the same
-/// number, as BuildKit does.
+/// `user[:group]` → numeric ids, names looked up in the base's `/etc/passwd` and `/etc/group`
+/// (`root` is 0 without a lookup, as in BuildKit). Without a group, a user named in passwd gets
+/// its primary group and a numeric user the same number, as BuildKit does.
 fn resolve_owner(base: &LayeredView, owner: &Owner) -> Result<(u32, u32), FileOpError> {
-    let (uid, primary_gid) = match owner.user.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => {
+    let (uid, primary_gid) = match Owner::numeric_id(&owner.user) {
+        Some(uid) => (uid, uid),
+        None => {
             let (uid, gid) = lookup_ids(base, "passwd", &owner.user)?.ok_or_else(|| {
                 FileOpError::UnknownOwner {
                     owner: owner.user.clone(),
@@ -848,9 +848,9 @@ fn resolve_owner(base: &LayeredView, owner: &Owner) -> Result<(u32, u32), FileOp
     };
     let gid = match &owner.group {
         None => primary_gid,
-        Some(group) => match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => {
+        Some(group) => match Owner::numeric_id(group) {
+            Some(gid) => gid,
+            None => {
                 lookup_ids(base, "group", group)?
                     .ok_or_else(|| FileOpError::UnknownOwner {
                         owner: group.clone(),

@@ -36,6 +36,26 @@ pub struct Owner {
     pub group: Option<String>,
 }
 
+impl Owner {
+    /// A user or group as BuildKit's LLB reads a `--chown` part: a number, or `root` (0);
+    /// anything else is a name to look up in the base's `/etc/passwd` or `/etc/group`.
+    pub fn numeric_id(part: &str) -> Option<u32> {
+        match part {
+            "root" => Some(0),
+            _ => part.parse().ok(),
+        }
+    }
+
+    /// Whether no part needs a lookup in the base.
+    pub fn is_numeric(&self) -> bool {
+        Self::numeric_id(&self.user).is_some()
+            && self
+                .group
+                .as_deref()
+                .is_none_or(|group| Self::numeric_id(group).is_some())
+    }
+}
+
 /// A mount of an exec step besides its root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -192,23 +212,18 @@ pub enum Op {
 impl Op {
     /// A file op made only of `COPY --link` actions whose owners are numeric: its layer is
     /// made on scratch and does not depend on its base (input 0), which the cache key leaves
-    /// out and a cached result is rebased onto. A named `--chown` reads the base's
-    /// `/etc/passwd`, so such a copy stays an ordinary one.
+    /// out and a cached result is rebased onto. As in BuildKit, where `--link` becomes a merge
+    /// only without `--chmod`, a `--chmod` copy stays an ordinary one; so does a named
+    /// `--chown`, which reads the base's `/etc/passwd` (BuildKit's merge path cannot resolve
+    /// names and fails with "invalid user index: -1"; its classic worker copies onto the base,
+    /// which is what imgb does).
     pub fn is_linked_copy(&self) -> bool {
-        let numeric = |owner: &Option<Owner>| {
-            owner.as_ref().is_none_or(|owner| {
-                owner.user.parse::<u32>().is_ok()
-                    && owner
-                        .group
-                        .as_ref()
-                        .is_none_or(|group| group.parse::<u32>().is_ok())
-            })
-        };
         match self {
             Op::File { actions } => {
                 !actions.is_empty()
                     && actions.iter().all(|action| {
-                        matches!(action, FileAction::Copy { link: true, owner, .. } if numeric(owner))
+                        matches!(action, FileAction::Copy { link: true, owner, mode: None, .. }
+                            if owner.as_ref().is_none_or(Owner::is_numeric))
                     })
             }
             _ => false,

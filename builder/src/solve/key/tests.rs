@@ -3,7 +3,7 @@ use std::sync::Arc;
 use imgb_cache::oci::media_type;
 
 use super::*;
-use crate::graph::{BuildGraph, VertexId};
+use crate::graph::{BuildGraph, Owner, VertexId};
 use crate::solve::result::{Filesystem, ImageOrigin, LayerRef};
 use crate::solve::test_support::{copy, exec, layer};
 
@@ -309,4 +309,36 @@ fn linked_copy_key_ignores_its_base_but_not_what_it_copies() {
     );
     let plain = copy(&["/out/a.txt"], "/app/");
     assert!(!plain.is_linked_copy());
+}
+
+/// BuildKit merges a `--link` copy onto its base only without `--chmod`, and its LLB reads
+/// `root` as id 0; a name needs the base's passwd.
+#[test]
+fn a_linked_copy_with_chmod_or_a_named_owner_depends_on_its_base() {
+    let linked = |owner: Option<(&str, Option<&str>)>, mode: Option<&str>| {
+        let Op::File { mut actions } = copy(&["/out/a.txt"], "/app/") else {
+            unreachable!("copy makes a file op")
+        };
+        if let Some(FileAction::Copy {
+            link,
+            owner: copy_owner,
+            mode: copy_mode,
+            ..
+        }) = actions.first_mut()
+        {
+            *link = true;
+            *copy_owner = owner.map(|(user, group)| Owner {
+                user: user.to_owned(),
+                group: group.map(str::to_owned),
+            });
+            *copy_mode = mode.map(str::to_owned);
+        }
+        Op::File { actions }.is_linked_copy()
+    };
+    assert!(linked(Some(("1000", Some("1000"))), None));
+    assert!(linked(Some(("root", Some("root"))), None));
+    assert!(linked(Some(("root", None)), None));
+    assert!(!linked(None, Some("0644")));
+    assert!(!linked(Some(("app", None)), None));
+    assert!(!linked(Some(("1000", Some("staff"))), None));
 }
