@@ -9,7 +9,8 @@ mod support;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
+use support::http::HttpServer;
 use support::{busybox_context, imgb, run, setup, stderr, tool};
 
 /// `payload/` with `hello.txt` (0640), `bin/run.sh` (0755) and `link -> hello.txt`.
@@ -193,48 +194,6 @@ fn hostile_archive_entries_stay_inside_the_destination() {
     assert!(!dir.path().join("escaped").exists());
 }
 
-/// `busybox httpd` serving `dir` on 127.0.0.1; killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(busybox: &Path, dir: &Path) -> Server {
-        // Ask the kernel for a free port, then hand it to httpd.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(busybox)
-            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
-            .arg(dir)
-            .spawn()
-            .unwrap();
-        // Owned by the server from here: its Drop kills and reaps httpd, even on a panic.
-        let server = Server { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("busybox httpd did not start on port {port}");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Writes `content` to `path` with a fixed mtime, so the server's validators change exactly
 /// when the test means them to.
 fn publish(path: &Path, content: &str, mtime: u64) {
@@ -275,7 +234,7 @@ fn url_downloads_are_verified_rechecked_and_cached() {
     publish(&served.join("tool.txt"), "version 1\n", 1_700_000_000);
     let payload = payload(dir.path());
     make_archive(&payload, &served.join("bundle.tar"), None);
-    let server = Server::start(&busybox, &served);
+    let server = HttpServer::start(&busybox, &served);
     let pinned = sha256_hex(&fs::read(served.join("bundle.tar")).unwrap());
     let dockerfile = format!(
         "FROM scratch\n\
@@ -363,7 +322,7 @@ fn wrong_checksum_fails_naming_the_line() {
     let served = dir.path().join("served");
     fs::create_dir_all(&served).unwrap();
     fs::write(served.join("file.txt"), "content\n").unwrap();
-    let server = Server::start(&busybox, &served);
+    let server = HttpServer::start(&busybox, &served);
     let wrong = "0".repeat(64);
     let context = busybox_context(
         dir.path(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use support::http::HttpServer;
 use support::{busybox_context, imgb, imgb_ok, setup, stderr, stdout};
 
 const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
@@ -349,4 +350,57 @@ fn prune_during_builds_never_removes_what_they_use() {
             stderr(&again)
         );
     }
+}
+
+/// ADD's download records are build cache of their own kind: `imgb du` counts them, prune
+/// removes one whose layer no named image holds (so the next build downloads again) and keeps
+/// one that a named image's layer came from until `--all`.
+#[test]
+fn download_records_are_counted_by_du_and_pruned_as_cache() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let root = dir.path().join("root");
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::write(served.join("kept.txt"), "kept\n").unwrap();
+    std::fs::write(served.join("dropped.txt"), "dropped\n").unwrap();
+    let server = HttpServer::start(&busybox, &served);
+    let kind_items = |kind: &str| {
+        let du = json(&imgb_ok(&root, &["du", "--format", "json"]));
+        du["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {du}"))["items"]
+            .as_u64()
+            .unwrap()
+    };
+    for name in ["kept", "dropped"] {
+        build(
+            &root,
+            dir.path(),
+            &busybox,
+            name,
+            &format!("ADD {} /{name}.txt\n", server.url(&format!("{name}.txt"))),
+        );
+    }
+    assert_eq!(kind_items("downloads"), 2);
+    imgb_ok(&root, &["rm", "dropped"]);
+
+    let pruned = json(&imgb_ok(&root, &["prune", "-f", "--format", "json"]));
+    let removed_downloads = pruned["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["kind"] == "downloads")
+        .count();
+    assert_eq!(removed_downloads, 1, "{pruned}");
+    assert_eq!(kind_items("downloads"), 1);
+    assert_eq!(run_cat(&root, "kept", "/kept.txt"), "kept\n");
+
+    imgb_ok(&root, &["prune", "-f", "--all"]);
+    assert_eq!(kind_items("downloads"), 0);
+    assert_eq!(run_cat(&root, "kept", "/kept.txt"), "kept\n");
 }

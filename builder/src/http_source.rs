@@ -23,7 +23,7 @@
 
 use crate::path_io::{PathIoError, io_error};
 use crate::solve::LayerRef;
-use imgb_cache::{Digest, Store};
+use imgb_cache::{Digest, RecordRef, Store};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use std::fmt;
@@ -393,7 +393,18 @@ fn record_path(store: &Store, request: &Request<'_>, checksum: Option<&Checksum>
     let name = Digest::of(identity.to_string().as_bytes())
         .hex()
         .to_string();
-    store.root().join("downloads").join(format!("{name}.json"))
+    store.downloads_dir().join(format!("{name}.json"))
+}
+
+/// What the download record `bytes` needs, for `imgb prune` (which owns no record format): the
+/// layer made of the body.
+pub fn download_references(bytes: &[u8]) -> Result<Vec<RecordRef>, String> {
+    let record: DownloadRecord =
+        serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+    Ok(vec![RecordRef::Layer {
+        diff_id: record.layer.diff_id,
+        blob: record.layer.blob.digest,
+    }])
 }
 
 /// The record at `path`; a missing or unreadable one is simply no record.

@@ -6,8 +6,10 @@
 //! [`crate::lease`]). Named images always stay whole (`imgb rm` removes names).
 //!
 //! What goes:
-//! - by default, records whose results are not wholly part of a named image, then every blob
-//!   and snapshot nothing kept references;
+//! - by default, records whose results are not wholly part of a named image (build cache
+//!   records, and ADD's download records under `downloads/`, which are cache too), then every
+//!   blob and snapshot nothing kept references, and the blob sources (`images/sources/`, where
+//!   a lazily pulled layer can be fetched from) of blobs no named image or live lease names;
 //! - with `all`, every record, cache mount and context stat cache as well;
 //! - always: records that name a missing blob or layer, stale leases, snapshot lock files of
 //!   snapshots that are gone, and `tmp/` entries older than every live lease (leftovers of
@@ -63,6 +65,16 @@ pub struct PruneOptions {
     /// recently used first.
     pub keep_storage: Option<u64>,
     pub record_references: RecordReferences,
+    /// The same for ADD's download records (`downloads/*.json`).
+    pub download_references: RecordReferences,
+}
+
+/// A record file that may go: a build cache record or a download record.
+#[derive(Debug, Clone)]
+struct RecordFile {
+    kind: &'static str,
+    name: String,
+    entry: Entry,
 }
 
 /// One removed (or, in an estimate, removable) item.
@@ -136,7 +148,7 @@ struct Entry {
 #[derive(Debug)]
 struct Unit {
     last_used: SystemTime,
-    record: Option<String>,
+    record: Option<RecordFile>,
     /// Resources (besides the record) that go with it.
     resources: Vec<Resource>,
 }
@@ -144,7 +156,7 @@ struct Unit {
 #[derive(Debug, Default)]
 struct Plan {
     report: PruneReport,
-    /// Record files to unlink first.
+    /// Record files (cache and download records) to unlink first.
     records: Vec<PathBuf>,
     /// `records/by-name` entries and snapshot lock files: bookkeeping, not reported.
     bookkeeping: Vec<PathBuf>,
@@ -167,6 +179,7 @@ impl Plan {
         let blobs = listing(&store.root().join("blobs/sha256"), mtime)?;
         let snapshots = listing(&store.snapshots_dir(), mtime)?;
         let records = listing(&store.records_dir(), mtime)?;
+        let downloads = listing(&store.downloads_dir(), mtime)?;
         let mounts = listing(&store.root().join("mounts"), mtime)?;
         let contexts = listing(&store.root().join("contexts"), mtime)?;
         let exists = |resource: &Resource| match resource {
@@ -182,62 +195,74 @@ impl Plan {
 
         let mut plan = Plan::default();
         // Records that may go, with what they reference.
-        let mut candidates: Vec<(String, Entry, Vec<Resource>)> = Vec::new();
-        for (name, entry) in &records {
-            if !entry.path.is_file() {
-                continue;
-            }
-            let record = Resource::Record(name.clone());
-            let references = fs::read(&entry.path)
-                .map_err(|error| error.to_string())
-                .and_then(|bytes| (options.record_references)(&bytes));
-            let valid = references.as_ref().is_ok_and(|refs| {
-                refs.iter().all(|reference| match reference {
-                    RecordRef::Blob(digest) => blobs.contains_key(digest.hex()),
-                    // As `Store::has_layer`: a snapshot stands in for an uncompressed blob.
-                    RecordRef::Layer { diff_id, blob } => {
-                        blobs.contains_key(blob.hex())
-                            || (blob == diff_id && snapshots.contains_key(diff_id.hex()))
-                    }
-                })
-            });
-            let resources: Vec<Resource> = references
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|reference| match reference {
-                    RecordRef::Blob(digest) => vec![Resource::Blob(digest)],
-                    RecordRef::Layer { diff_id, blob } => {
-                        vec![Resource::Blob(blob), Resource::Snapshot(diff_id)]
-                    }
-                })
-                .filter(|resource| exists(resource))
-                .collect();
-            let removable = !valid
-                || options.all
-                || resources
-                    .iter()
-                    .any(|resource| !in_images.contains(resource));
-            if kept.contains(&record) || (valid && (!removable || recent(entry.last_used))) {
-                kept.insert(record);
-                kept.extend(resources);
-            } else {
-                candidates.push((name.clone(), entry.clone(), resources));
+        let mut candidates: Vec<(RecordFile, Vec<Resource>)> = Vec::new();
+        let record_files = [
+            ("cache records", &records, options.record_references),
+            ("downloads", &downloads, options.download_references),
+        ];
+        for (kind, listing, parse) in record_files {
+            for (name, entry) in listing {
+                if !entry.path.is_file() {
+                    continue;
+                }
+                // Download records are not leased: a build that loses one downloads again.
+                let record = Resource::Record(name.clone());
+                let leased = kind == "cache records" && kept.contains(&record);
+                let references = fs::read(&entry.path)
+                    .map_err(|error| error.to_string())
+                    .and_then(|bytes| parse(&bytes));
+                let valid = references.as_ref().is_ok_and(|refs| {
+                    refs.iter().all(|reference| match reference {
+                        RecordRef::Blob(digest) => blobs.contains_key(digest.hex()),
+                        // As `Store::has_layer`: a snapshot stands in for an uncompressed blob.
+                        RecordRef::Layer { diff_id, blob } => {
+                            blobs.contains_key(blob.hex())
+                                || (blob == diff_id && snapshots.contains_key(diff_id.hex()))
+                        }
+                    })
+                });
+                let resources: Vec<Resource> = references
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|reference| match reference {
+                        RecordRef::Blob(digest) => vec![Resource::Blob(digest)],
+                        RecordRef::Layer { diff_id, blob } => {
+                            vec![Resource::Blob(blob), Resource::Snapshot(diff_id)]
+                        }
+                    })
+                    .filter(|resource| exists(resource))
+                    .collect();
+                let removable = !valid
+                    || options.all
+                    || resources
+                        .iter()
+                        .any(|resource| !in_images.contains(resource));
+                if leased || (valid && (!removable || recent(entry.last_used))) {
+                    kept.extend(resources);
+                } else {
+                    let file = RecordFile {
+                        kind,
+                        name: name.clone(),
+                        entry: entry.clone(),
+                    };
+                    candidates.push((file, resources));
+                }
             }
         }
 
         // Every blob and snapshot not kept goes with the last candidate record that names it,
         // or on its own when none does.
         let mut referrers: HashMap<Resource, usize> = HashMap::new();
-        for (_, _, resources) in &candidates {
+        for (_, resources) in &candidates {
             for resource in resources.iter().filter(|r| !kept.contains(r)) {
                 *referrers.entry(resource.clone()).or_default() += 1;
             }
         }
         let mut units: Vec<Unit> = candidates
             .into_iter()
-            .map(|(name, entry, resources)| Unit {
-                last_used: entry.last_used,
-                record: Some(name),
+            .map(|(file, resources)| Unit {
+                last_used: file.entry.last_used,
+                record: Some(file),
                 resources,
             })
             .collect();
@@ -300,18 +325,19 @@ impl Plan {
             if options.keep_storage.is_some_and(|keep| total <= keep) {
                 break;
             }
-            if let Some(name) = unit.record {
-                let entry = &records[&name];
-                let bytes = sizes.of("cache records", &entry.path)?;
+            if let Some(file) = unit.record {
+                let bytes = sizes.of(file.kind, &file.entry.path)?;
                 total = total.saturating_sub(bytes);
-                plan.records.push(entry.path.clone());
+                plan.records.push(file.entry.path.clone());
                 plan.report.removed.push(Removed {
-                    kind: "cache records",
-                    id: name.clone(),
+                    kind: file.kind,
+                    id: file.name.clone(),
                     bytes,
-                    last_used: entry.last_used,
+                    last_used: file.entry.last_used,
                 });
-                removed_records.insert(name);
+                if file.kind == "cache records" {
+                    removed_records.insert(file.name);
+                }
             }
             for resource in unit.resources {
                 // A resource another remaining candidate names stays until that one goes.
@@ -343,6 +369,7 @@ impl Plan {
             }
         }
 
+        plan.blob_sources(store, &in_images, leases, &mut sizes)?;
         plan.leftovers(store, leases, &mut sizes)?;
         plan.stale_bookkeeping(
             store,
@@ -353,6 +380,34 @@ impl Plan {
             &snapshots,
         )?;
         Ok(plan)
+    }
+
+    /// Blob sources of blobs that no named image and no live lease names: nothing will fetch
+    /// them (a build that pulls a base again records them again).
+    fn blob_sources(
+        &mut self,
+        store: &Store,
+        in_images: &HashSet<Resource>,
+        leases: &LiveLeases,
+        sizes: &mut Sizes,
+    ) -> Result<(), PruneError> {
+        for (hex, entry) in listing(&store.blob_sources_dir(), mtime)? {
+            let named = Digest::parse(&format!("sha256:{hex}"))
+                .map(Resource::Blob)
+                .is_ok_and(|blob| in_images.contains(&blob) || leases.protected.contains(&blob));
+            if named {
+                continue;
+            }
+            let bytes = sizes.of("blob sources", &entry.path)?;
+            self.moved.push(entry.path);
+            self.report.removed.push(Removed {
+                kind: "blob sources",
+                id: hex,
+                bytes,
+                last_used: entry.last_used,
+            });
+        }
+        Ok(())
     }
 
     /// `tmp/` entries older than every live lease: no running process made them.
@@ -433,11 +488,11 @@ impl Plan {
         for path in &self.records {
             remove_file(path)?;
         }
-        if !self.records.is_empty() {
-            let dir = store.records_dir();
-            File::open(&dir)
+        let dirs: HashSet<&Path> = self.records.iter().filter_map(|p| p.parent()).collect();
+        for dir in dirs {
+            File::open(dir)
                 .and_then(|dir_file| dir_file.sync_all())
-                .map_err(StoreError::io("fsync directory", &dir))?;
+                .map_err(StoreError::io("fsync directory", dir))?;
         }
         let trash = match self.moved.is_empty() {
             true => None,

@@ -186,6 +186,11 @@ impl Store {
         self.root.join("images")
     }
 
+    /// ADD's download records (the builder's format; cache, as `imgb prune` treats them).
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
     /// Where the descriptor of `diff_id`'s layer compressed with `compression` is remembered.
     pub fn compressed_memo_path(&self, diff_id: &Digest, compression: Compression) -> PathBuf {
         let variant = match compression {

@@ -11,10 +11,12 @@ use std::path::Path;
 use crate::store::Store;
 
 /// The kinds of content the state directory holds, in the order `imgb du` lists them.
-pub const KINDS: [(&str, &str); 6] = [
+pub const KINDS: [(&str, &str); 8] = [
     ("blobs", "blobs/sha256"),
     ("snapshots", "snapshots"),
     ("cache records", "records"),
+    ("downloads", "downloads"),
+    ("blob sources", "images/sources"),
     ("context stat caches", "contexts"),
     ("cache mounts", "mounts"),
     ("temporary", "tmp"),
@@ -52,9 +54,11 @@ fn usage_of(dir: &Path) -> io::Result<KindUsage> {
         // Records are files: a directory among them is an index (by-name, context listings).
         let index = dir.ends_with("records") && entry.file_type()?.is_dir();
         let name = entry.file_name();
-        let sidecar = [b".lock".as_slice(), b".json"]
-            .iter()
-            .any(|suffix| name.as_encoded_bytes().ends_with(suffix));
+        // A snapshot's lock and settings files; a download record is `<name>.json` itself.
+        let sidecar = dir.ends_with("snapshots")
+            && [b".lock".as_slice(), b".json"]
+                .iter()
+                .any(|suffix| name.as_encoded_bytes().ends_with(suffix));
         let bookkeeping = index || sidecar;
         usage.items += u64::from(!bookkeeping);
         usage.bytes += tree_bytes(&entry.path(), &mut seen)?;
@@ -109,5 +113,14 @@ mod tests {
             "hard link counted twice: {snapshot_bytes}"
         );
         assert_eq!(usage["cache records"].items, 0);
+
+        std::fs::create_dir_all(store.downloads_dir()).unwrap();
+        std::fs::write(store.downloads_dir().join("d.json"), b"{}").unwrap();
+        store
+            .record_blob_source(&crate::Digest::of(b"layer"), "r.example/base")
+            .unwrap();
+        let usage: std::collections::BTreeMap<_, _> = store.usage().unwrap().into_iter().collect();
+        assert_eq!(usage["downloads"].items, 1);
+        assert_eq!(usage["blob sources"].items, 1);
     }
 }

@@ -153,6 +153,7 @@ fn prune_kill_test_worker() {
             until: None,
             keep_storage: (round % 4 == 2).then_some(256 * 1024),
             record_references: test_references,
+            download_references: test_references,
         };
         store.prune(&options).unwrap();
     }
@@ -274,6 +275,7 @@ fn prune_survives_sigkill_at_random_points() {
         until: None,
         keep_storage: None,
         record_references: test_references,
+        download_references: test_references,
     };
     store.prune(&options).unwrap();
     check_images_and_records(&root);

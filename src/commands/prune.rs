@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
+use imgb_builder::http_source::download_references;
 use imgb_builder::solve::record_references;
 use imgb_cache::{PruneOptions, PruneReport, Store};
 use serde_json::{Value, json};
@@ -80,6 +81,7 @@ fn default_options() -> PruneOptions {
         until: None,
         keep_storage: None,
         record_references,
+        download_references,
     }
 }
 

@@ -28,6 +28,7 @@ fn options() -> PruneOptions {
         until: None,
         keep_storage: None,
         record_references: test_references,
+        download_references: test_references,
     }
 }
 
@@ -109,6 +110,14 @@ impl Fixture {
             .collect();
         let path = self.store.records_dir().join(name);
         fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A download record (`downloads/<name>.json`) naming `layer`.
+    fn download(&self, name: &str, layer: &TestLayer) -> PathBuf {
+        fs::create_dir_all(self.store.downloads_dir()).unwrap();
+        let path = self.store.downloads_dir().join(format!("{name}.json"));
+        fs::write(&path, format!("layer {} {}\n", layer.diff_id, layer.blob)).unwrap();
         path
     }
 
@@ -390,4 +399,87 @@ fn a_named_image_that_cannot_be_read_stops_prune_with_a_hint() {
         .unwrap();
     let error = fixture.store.prune(&options()).unwrap_err();
     assert!(error.to_string().contains("imgb rm"), "{error}");
+}
+
+#[test]
+fn download_records_are_cache_pruned_least_recently_used_first() {
+    let fixture = Fixture::new();
+    let in_image = fixture.layer("in-image", 4096);
+    let old = fixture.layer("old", 64 * 1024);
+    let new = fixture.layer("new", 64 * 1024);
+    fixture.image("docker.io/library/app:latest", &[&in_image]);
+    fixture.download("in-image", &in_image);
+    set_mtime(&fixture.download("old", &old), 7200);
+    set_mtime(&fixture.download("new", &new), 60);
+    for layer in [&old, &new] {
+        set_mtime(&fixture.store.blob_path(&layer.blob), 7200);
+        set_mtime(&fixture.store.snapshot_path(&layer.diff_id), 7200);
+    }
+    let usage = |kind: &str| {
+        fixture
+            .store
+            .usage()
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| *name == kind)
+            .unwrap()
+            .1
+    };
+    assert_eq!(usage("downloads").items, 3);
+    let total: u64 = fixture
+        .store
+        .usage()
+        .unwrap()
+        .iter()
+        .map(|(_, k)| k.bytes)
+        .sum();
+
+    let report = fixture.prune(&PruneOptions {
+        keep_storage: Some(total - 100 * 1024),
+        ..options()
+    });
+    assert_eq!(removed_ids(&report, "downloads"), ["old.json"]);
+    assert_eq!(fixture.has_layer(&old), (false, false));
+    assert_eq!(fixture.has_layer(&new), (true, true));
+
+    let report = fixture.prune(&options());
+    assert_eq!(removed_ids(&report, "downloads"), ["new.json"]);
+    assert_eq!(fixture.has_layer(&new), (false, false));
+    assert_eq!(
+        usage("downloads").items,
+        1,
+        "a download whose layer is in a named image stays"
+    );
+    let all = fixture.prune(&PruneOptions {
+        all: true,
+        ..options()
+    });
+    assert_eq!(removed_ids(&all, "downloads"), ["in-image.json"]);
+    assert_eq!(fixture.has_layer(&in_image), (true, true));
+}
+
+#[test]
+fn blob_sources_stay_while_a_named_image_or_a_lease_names_the_blob() {
+    let fixture = Fixture::new();
+    let layer = fixture.layer("pulled", 4096);
+    fixture.image("docker.io/library/app:latest", &[&layer]);
+    let unnamed = Digest::of(b"a layer of a removed image");
+    let leased = Digest::of(b"a layer a running pull names");
+    for digest in [&layer.blob, &unnamed, &leased] {
+        fixture
+            .store
+            .record_blob_source(digest, "r.example/base")
+            .unwrap();
+    }
+    let pull = fixture.store.leased("pull").unwrap();
+    pull.protect(&Resource::Blob(leased.clone())).unwrap();
+
+    let report = fixture.prune(&options());
+    assert_eq!(
+        removed_ids(&report, "blob sources"),
+        [unnamed.hex().to_owned()]
+    );
+    assert!(fixture.store.blob_source(&layer.blob).is_some());
+    assert!(fixture.store.blob_source(&leased).is_some());
+    assert!(fixture.store.blob_source(&unnamed).is_none());
 }

@@ -269,13 +269,13 @@ impl Repository {
 /// Where a blob that is not stored yet can be fetched from: `images/sources/<hex>` holds the
 /// repository, written when the manifest naming the blob was pulled.
 impl Store {
-    fn sources_dir(&self) -> PathBuf {
+    pub(crate) fn blob_sources_dir(&self) -> PathBuf {
         self.images_dir().join("sources")
     }
 
     /// Records that `digest` can be fetched from `repository` (`domain/path`).
     pub fn record_blob_source(&self, digest: &Digest, repository: &str) -> Result<(), StoreError> {
-        let dir = self.sources_dir();
+        let dir = self.blob_sources_dir();
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
         let path = dir.join(digest.hex());
         if std::fs::read_to_string(&path).is_ok_and(|known| known == repository) {
@@ -289,7 +289,7 @@ impl Store {
 
     /// The repository `digest` was pulled from, when a pull recorded one.
     pub fn blob_source(&self, digest: &Digest) -> Option<Reference> {
-        let text = std::fs::read_to_string(self.sources_dir().join(digest.hex())).ok()?;
+        let text = std::fs::read_to_string(self.blob_sources_dir().join(digest.hex())).ok()?;
         Reference::parse(text.trim()).ok()
     }
 }

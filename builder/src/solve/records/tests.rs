@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::graph::{BuildGraph, Op};
+use crate::http_source::download_references;
 use crate::solve::key::KeySources;
 use crate::solve::listing::ListedKind;
 use crate::solve::result::{Filesystem, LayerRef, SolvedInput};
@@ -394,6 +395,7 @@ fn a_hit_keeps_the_record_and_its_layer_from_prune_until_the_build_ends() {
         until: None,
         keep_storage: None,
         record_references,
+        download_references,
     };
     let build = RecordStore::new(store.leased("build").unwrap());
     assert_eq!(
