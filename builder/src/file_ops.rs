@@ -156,6 +156,7 @@ pub fn apply_file_actions(
                     parents: *parents,
                     linked: RefCell::default(),
                     unpack_archives: *unpack_archives,
+                    shareable: matches!(root, SourceRoot::View(_)),
                 };
                 match root {
                     SourceRoot::Context(context) => {
@@ -275,6 +276,9 @@ struct CopySpec<'a> {
     /// other names become hard links to the first copy, as BuildKit keeps them.
     linked: RefCell<HashMap<(u64, u64), PathBuf>>,
     unpack_archives: bool,
+    /// The sources are snapshots (another stage or an image), which never change: a file whose
+    /// owner and mode stay as they are is linked, not copied.
+    shareable: bool,
 }
 
 struct Writer<'a> {
@@ -647,13 +651,21 @@ impl Writer<'_> {
                     }
                     linked.insert((meta.dev(), meta.ino()), target.to_path_buf());
                 }
-                fs::File::create(target)
-                    .and_then(|mut out| io::copy(&mut source, &mut out))
-                    .map_err(io_error("copy", &item.host))?;
                 let mode = copy
                     .mode
                     .as_ref()
                     .map_or(item.mode, |change| change.apply(item.mode, false));
+                // Sharing the snapshot's inode keeps content, mode, owner and mtime; a link
+                // the filesystem refuses (another device, protected_hardlinks) is a copy.
+                if copy.shareable
+                    && (mode, owner) == (meta.mode() & 0o7777, (meta.uid(), meta.gid()))
+                    && fs::hard_link(&item.host, target).is_ok()
+                {
+                    return Ok(());
+                }
+                fs::File::create(target)
+                    .and_then(|mut out| io::copy(&mut source, &mut out))
+                    .map_err(io_error("copy", &item.host))?;
                 set_mode_and_owner(target, mode, owner)?;
                 set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
             }
