@@ -458,9 +458,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| BuildCacheError::Panicked(error.to_string()))?
 }
 
-/// Writes `content` to `location`; returns the cache manifest's descriptor. Built layers are
-/// compressed with `compression` (default gzip, as images are exported); a `compression` that
-/// is given also recompresses every other layer that differs.
+/// Writes `content` to `location`; returns the cache manifest's descriptor. Layers go as
+/// stored (built ones uncompressed) unless `compression` is given, which recompresses every
+/// layer that differs. BuildKit gzips by default; imgb does not, because a build served from
+/// the cache on another root stores the layers it imports as they came, and only uncompressed
+/// ones describe a built layer as the building root stores it: the image digests agree.
 pub async fn export_cache(
     store: &Store,
     registry: &Registry,
@@ -469,7 +471,7 @@ pub async fn export_cache(
     compression: Option<Compression>,
 ) -> Result<Descriptor, BuildCacheError> {
     let choice = LayerCompressionChoice {
-        compression: compression.unwrap_or(Compression::GZIP_DEFAULT),
+        compression: compression.unwrap_or(Compression::None),
         force: compression.is_some(),
     };
     for (layer, diff_id) in content.layers.iter_mut().zip(&content.config.diff_ids) {
