@@ -57,14 +57,19 @@ fn context(dir: &Path, busybox: &Path, extra: &str) -> PathBuf {
     context
 }
 
-/// `imgb build` of `context` in `root`, exporting an OCI archive to `out`.
+/// `imgb build` of `context` in `root`, exporting an OCI archive to `out`. Uncompressed, so
+/// every export rebuilds the built layers' tars from their snapshots and verifies them (a
+/// compressed variant, once made, is reused from its blob).
 fn build_command(root: &Path, context: &Path, out: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgb"));
     command
         .arg("--root")
         .arg(root)
         .args(["build", "--progress", "plain", "-o"])
-        .arg(format!("type=oci,dest={}", out.display()))
+        .arg(format!(
+            "type=oci,compression=uncompressed,dest={}",
+            out.display()
+        ))
         .arg(context)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .stdin(Stdio::null());
