@@ -51,7 +51,18 @@ pub struct LoadedDockerfile {
 }
 
 impl FrontendArgs {
+    /// [`FrontendArgs::try_load`], printing the failure.
     pub fn load(&self) -> Result<LoadedDockerfile, ExitCode> {
+        self.try_load().map_err(|text| {
+            eprintln!("{text}");
+            ExitCode::FAILURE
+        })
+    }
+
+    /// Reads and parses the Dockerfile with its `.dockerignore`; a failure comes back in words
+    /// (a diagnostic with its excerpt, or `error: ...`).
+    pub fn try_load(&self) -> Result<LoadedDockerfile, String> {
+        let report = |error: anyhow::Error| format!("error: {error:#}");
         let (path, read) = match &self.file {
             Some(file) => (file.clone(), read_dockerfile(file)),
             None => (
@@ -61,8 +72,8 @@ impl FrontendArgs {
         };
         let (name, source) = read.map_err(report)?;
         let options = self.build_options().map_err(report)?;
-        let dockerfile = Dockerfile::parse(&name, &source)
-            .map_err(|diagnostic| print_diagnostic(&diagnostic))?;
+        let dockerfile =
+            Dockerfile::parse(&name, &source).map_err(|diagnostic| diagnostic.to_string())?;
         let ignore = self.ignore_rules(&path).map_err(report)?;
         Ok(LoadedDockerfile {
             name,
@@ -123,11 +134,6 @@ impl FrontendArgs {
         })?;
         Ok(Some(rules))
     }
-}
-
-fn report(error: anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
-    ExitCode::FAILURE
 }
 
 fn print_diagnostic(diagnostic: &Diagnostic) -> ExitCode {

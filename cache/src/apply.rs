@@ -96,6 +96,11 @@ pub struct ApplyOptions {
     /// Whether an entry naming the root itself (`./`) sets the target directory's mode, owner
     /// and mtime: yes for a layer, no for an archive extracted into an existing directory.
     pub root_metadata: bool,
+    /// Refuse, instead of confining, entry names (and hardlink targets) that are absolute or
+    /// contain `..`, and entries whose parent path goes through a symlink. An archive of a
+    /// directory tree (a build context sent to `imgb serve`) never needs either, so either is
+    /// a sign of a hostile or broken sender and is named in the error.
+    pub strict_paths: bool,
 }
 
 impl Default for ApplyOptions {
@@ -106,6 +111,7 @@ impl Default for ApplyOptions {
             owner: None,
             whiteouts: Whiteouts::Remove,
             root_metadata: true,
+            strict_paths: false,
         }
     }
 }
@@ -365,6 +371,20 @@ struct Applier<'o> {
     buffer: Vec<u8>,
 }
 
+/// Why a name is refused under [`ApplyOptions::strict_paths`], if it is.
+fn strict_path_problem(path: &[u8]) -> Option<&'static str> {
+    if path.starts_with(b"/") {
+        Some("an absolute path (names in the archive must be relative)")
+    } else if path
+        .split(|&b| b == b'/')
+        .any(|component| component == b"..")
+    {
+        Some("a `..` component (names in the archive must stay inside it)")
+    } else {
+        None
+    }
+}
+
 /// `path` split into normal components: empty and `.` dropped, `..` pops (never past the root).
 fn clean(path: &[u8]) -> Vec<OsString> {
     let mut components: Vec<OsString> = Vec::new();
@@ -421,6 +441,14 @@ impl Applier<'_> {
             }
             None => return Err(invalid(entry, "entry without a type")),
         };
+        if self.options.strict_paths {
+            let link = (kind == Kind::HardLink).then_some(&entry.link);
+            for path in std::iter::once(&entry.path).chain(link) {
+                if let Some(problem) = strict_path_problem(path) {
+                    return Err(invalid(entry, problem));
+                }
+            }
+        }
         let mut components = clean(&entry.path);
         let Some(name) = components.pop() else {
             self.cached_parent = None;
@@ -480,6 +508,15 @@ impl Applier<'_> {
                 value: depth as u64,
                 max: max_depth as u64,
             });
+        }
+        if self.options.strict_paths && dir.path.iter().ne(components.iter()) {
+            return Err(invalid(
+                entry,
+                format!(
+                    "its parent directory is reached through a symlink (it resolves to {:?})",
+                    dir.path
+                ),
+            ));
         }
         Ok((components, dir))
     }

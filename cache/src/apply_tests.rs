@@ -1097,3 +1097,58 @@ fn devices_fifos_and_setuid_files_are_created_inside_the_root_only() {
         assert_eq!(sgid.mode() & 0o7777, 0o2755);
     }
 }
+
+#[test]
+fn strict_paths_refuse_escaping_names_and_writes_through_symlinks_naming_the_entry() {
+    let strict = ApplyOptions {
+        strict_paths: true,
+        ..archive_options()
+    };
+    let refused = [
+        (
+            Archive::default().file("../up", b"x", 0o644),
+            "../up",
+            "`..`",
+        ),
+        (
+            Archive::default().file("/abs", b"x", 0o644),
+            "/abs",
+            "absolute",
+        ),
+        (
+            Archive::default().file("f", b"x", 0o644).link("../f", "h"),
+            "h",
+            "`..`",
+        ),
+        (
+            Archive::default()
+                .symlink("/etc", "out")
+                .file("out/passwd", b"x", 0o644),
+            "out/passwd",
+            "symlink",
+        ),
+    ];
+    for (archive, entry, reason) in refused {
+        let sandbox = Sandbox::new();
+        let error = apply_layer(&archive.finish()[..], &sandbox.root(), &strict).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains(&format!("{entry:?}")) && text.contains(reason),
+            "{text}"
+        );
+        assert_eq!(sandbox.outside(), vec![sandbox.root()]);
+    }
+    // Links pointing anywhere are kept as links, never followed.
+    let sandbox = Sandbox::new();
+    let archive = Archive::default()
+        .symlink("/etc/passwd", "abs")
+        .symlink("../../x", "rel")
+        .file("d/f", b"x", 0o644)
+        .finish();
+    apply_layer(&archive[..], &sandbox.root(), &strict).unwrap();
+    assert_eq!(
+        fs::read_link(sandbox.root().join("abs")).unwrap(),
+        PathBuf::from("/etc/passwd")
+    );
+    assert_eq!(sandbox.read("d/f"), b"x");
+}

@@ -5,8 +5,9 @@ use crate::commands::cache_opts::{
     CacheDestination, CacheExportSpec, parse_cache_from, parse_cache_to,
 };
 use crate::commands::images::human_size;
-use crate::commands::progress::{Built, Explainer, Progress, ProgressMode};
+use crate::commands::progress::{Built, Explainer, Progress, ProgressMode, Summary};
 use crate::commands::registry::{RegistryArgs, oci_platform, push_image};
+use crate::commands::remote::{self, RemoteArgs};
 use crate::commands::{open_leased_store, open_store};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -14,15 +15,15 @@ use imgb_builder::context::{IncludeAll, PathFilter, context_cache_id, hash_conte
 use imgb_builder::execute::{Secret, StoreExecutor, cache_mounts_used, pack_cache_mounts};
 use imgb_builder::graph::BuildGraph;
 use imgb_builder::solve::{
-    Cancel, ExportMode, Filesystem, RecordStore, RemoteRecords, Solution, SolveOptions, Solved,
-    Solver, cache_content, exported_steps,
+    Cancel, ExportMode, Filesystem, ProgressEvent, RecordStore, RemoteRecords, Solution,
+    SolveOptions, Solved, Solver, cache_content, exported_steps,
 };
 use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::registry::Registry;
 use imgb_cache::{
     Destination, Digest, ExportError, ImageError, LayerCompressionChoice, OutputKind, OutputSpec,
-    Reference, Resource, Store, StoreError, export, exported_image,
+    Reference, Resource, Store, StoreError, StoredImage, export, exported_image,
 };
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
@@ -33,6 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -90,6 +92,12 @@ pub struct BuildArgs {
     /// Write the image digest, config digest and names as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Grant a privilege a remote build's RUN steps ask for (`network.host`,
+    /// `security.insecure`); the server must allow it too. Local builds need no grant.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// The resource limits of each `RUN` step (shared by `imgb run`).
@@ -117,6 +125,9 @@ impl RunLimitArgs {
 }
 
 pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
+    if let Some(server) = &args.remote.remote {
+        return remote::build(server, args);
+    }
     let error = match build(root.clone(), args) {
         Err(error) => error,
         done => return done,
@@ -179,6 +190,200 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let source_date_epoch = source_date_epoch(
+        &loaded.options.build_args,
+        std::env::var("SOURCE_DATE_EPOCH").ok(),
+    )?;
+    let progress = Progress::new(args.progress, Explainer::new(loaded.dockerfile.arg_names()));
+    let mut terminal = Terminal {
+        runtime: runtime.handle().clone(),
+        progress: progress.clone(),
+        renderer: None,
+        interrupt: None,
+        summary: Summary::default(),
+    };
+    let built = execute(
+        &BuildInputs {
+            args,
+            loaded: &loaded,
+            // Everything the build reads or writes through the store is named in its lease, so
+            // a concurrent `imgb prune` leaves it alone.
+            store: StoreAccess::Open {
+                root,
+                purpose: "build",
+            },
+            runtime: runtime.handle(),
+            cancel: Cancel::new(),
+            source_date_epoch,
+            context_stat_cache: true,
+            warn: Arc::new(|text: String| eprintln!("{text}")),
+        },
+        &mut terminal,
+    );
+    let built = match built {
+        Ok(built) => built,
+        Err(BuildFailure::Reported(text)) => {
+            eprintln!("{text}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(BuildFailure::Error(error)) => return Err(error),
+    };
+    let image_id = built.image.manifest.config.digest.to_string();
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &image_id).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let names: Vec<String> = built.names.iter().map(ToString::to_string).collect();
+    if let Some(path) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.digest": built.digest.to_string(),
+            "containerimage.config.digest": image_id,
+            "image.name": names.join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // An output written to standard output owns it: quiet mode's image ID would corrupt it.
+    let stdout_taken = args.outputs.iter().any(|spec| {
+        OutputSpec::parse(spec).is_ok_and(|spec| matches!(spec.dest, Destination::Stdout))
+    });
+    if stdout_taken && args.progress == ProgressMode::Quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    progress.finish(
+        &terminal.summary,
+        &Built {
+            id: &image_id,
+            digest: built.digest.as_str(),
+            names: &names,
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a build's events and warnings go, and what it does around the solve: the terminal of
+/// `imgb build`, or a build service relaying them to its client.
+pub trait BuildHost {
+    /// The solve starts now: its events go to the sender returned (dropped when it ends).
+    fn solve_started(&mut self, cancel: &Cancel) -> UnboundedSender<ProgressEvent>;
+    /// The solve ended (its sender is dropped): everything it reported has been handed over.
+    fn solve_ended(&mut self);
+}
+
+/// Warnings of a build that does not stop it (a lint finding, an unreadable `--cache-from`).
+pub type Warn = Arc<dyn Fn(String) + Send + Sync>;
+
+/// How a build gets its store.
+#[derive(Debug)]
+pub enum StoreAccess {
+    /// Opens the state directory (`--root`, else the default) with a lease for `purpose`.
+    Open {
+        root: Option<PathBuf>,
+        purpose: &'static str,
+    },
+    /// A store already opened with the build's own lease.
+    Leased(Store),
+}
+
+/// Everything one build needs besides its host.
+pub struct BuildInputs<'a> {
+    pub args: &'a BuildArgs,
+    pub loaded: &'a LoadedDockerfile,
+    pub store: StoreAccess,
+    /// Registry and cache transfers run here; the caller must not be inside it.
+    pub runtime: &'a tokio::runtime::Handle,
+    /// Stops the solve (and the build between its phases).
+    pub cancel: Cancel,
+    pub source_date_epoch: Option<i64>,
+    /// Whether file digests of the context are kept between builds (under `contexts/`): yes for
+    /// a directory that lives on, no for a context unpacked for one build.
+    pub context_stat_cache: bool,
+    pub warn: Warn,
+}
+
+/// The image a build stored (and exported, tagged, pushed as asked).
+#[derive(Debug)]
+pub struct BuiltImage {
+    pub image: StoredImage,
+    pub names: Vec<Reference>,
+    /// The manifest digest to report: the pushed or exported one when layers were compressed
+    /// for it, else the stored image's.
+    pub digest: Digest,
+}
+
+/// Why a build failed.
+#[derive(Debug)]
+pub enum BuildFailure {
+    /// A message already put in words for the user (a Dockerfile diagnostic with its excerpt,
+    /// a failed step with its line).
+    Reported(String),
+    Error(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BuildFailure {
+    fn from(error: anyhow::Error) -> Self {
+        BuildFailure::Error(error)
+    }
+}
+
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildFailure::Reported(text) => f.write_str(text),
+            BuildFailure::Error(error) => write!(f, "error: {error:#}"),
+        }
+    }
+}
+
+/// `imgb build`'s host: progress on stderr, Ctrl-C cancels the solve.
+struct Terminal {
+    runtime: tokio::runtime::Handle,
+    progress: Progress,
+    renderer: Option<tokio::task::JoinHandle<Summary>>,
+    interrupt: Option<tokio::task::JoinHandle<()>>,
+    summary: Summary,
+}
+
+impl BuildHost for Terminal {
+    fn solve_started(&mut self, cancel: &Cancel) -> UnboundedSender<ProgressEvent> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.renderer = Some(self.runtime.spawn(self.progress.clone().render(receiver)));
+        let ctrl_c = cancel.clone();
+        self.interrupt = Some(self.runtime.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                ctrl_c.cancel();
+            }
+        }));
+        sender
+    }
+
+    fn solve_ended(&mut self) {
+        if let Some(interrupt) = self.interrupt.take() {
+            interrupt.abort();
+        }
+        if let Some(renderer) = self.renderer.take() {
+            self.summary = self.runtime.block_on(renderer).unwrap_or_default();
+        }
+    }
+}
+
+/// Runs one build: plan, lower, solve, store the image, then the outputs, cache exports and
+/// pushes `args` asks for. `imgb build` and the build service both run builds through here.
+pub fn execute(
+    inputs: &BuildInputs<'_>,
+    host: &mut dyn BuildHost,
+) -> Result<BuiltImage, BuildFailure> {
+    let BuildInputs {
+        args,
+        loaded,
+        runtime,
+        cancel,
+        source_date_epoch,
+        ..
+    } = inputs;
+    let source_date_epoch = *source_date_epoch;
     let render = |diagnostic: Diagnostic| diagnostic.with_source(&loaded.name, &loaded.source);
     let names = args
         .tags
@@ -191,7 +396,7 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .map(|spec| OutputSpec::parse(spec).map_err(|error| anyhow!("-o {spec}: {error}")))
         .collect::<Result<Vec<_>>>()?;
     if args.push && names.is_empty() {
-        bail!("--push needs a name to push to: -t REGISTRY/NAME:TAG");
+        return Err(anyhow!("--push needs a name to push to: -t REGISTRY/NAME:TAG").into());
     }
     let secrets = parse_secrets(&args.secrets)?;
     let ssh_agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
@@ -218,17 +423,13 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         })
         .map(|name| name.domain().to_owned());
     let registry = args.registry.client(insecure_outputs.collect::<Vec<_>>());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    // Everything the build reads or writes through `store` is named in its lease, so a
-    // concurrent `imgb prune` leaves it alone.
-    let store = open_leased_store(root, "build")?;
-
-    let plan = match BuildPlan::new(&loaded.dockerfile, &loaded.options) {
-        Ok(plan) => plan,
-        Err(diagnostic) => return Ok(fail(&render(diagnostic))),
+    let store = match &inputs.store {
+        StoreAccess::Open { root, purpose } => open_leased_store(root.clone(), purpose)?,
+        StoreAccess::Leased(store) => store.clone(),
     };
+
+    let plan = BuildPlan::new(&loaded.dockerfile, &loaded.options)
+        .map_err(|diagnostic| BuildFailure::Reported(render(diagnostic).to_string()))?;
     // Base configs are read once: lowering needs their environment, the final image their
     // history and settings.
     let mut base_configs: HashMap<String, oci::ImageConfig> = HashMap::new();
@@ -263,16 +464,14 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             ),
         }
     };
-    let mut lowered = match lower(&loaded.dockerfile, &plan, &loaded.options, &mut resolve) {
-        Ok(lowered) => lowered,
-        Err(diagnostic) => return Ok(fail(&render(diagnostic))),
-    };
+    let mut lowered = lower(&loaded.dockerfile, &plan, &loaded.options, &mut resolve)
+        .map_err(|diagnostic| BuildFailure::Reported(render(diagnostic).to_string()))?;
     for warning in lowered
         .warnings
         .iter()
         .filter(|w| w.rule != Some("UndefinedVar"))
     {
-        eprintln!("{}", render(warning.clone()));
+        (inputs.warn)(render(warning.clone()).to_string());
     }
     if args.no_cache {
         let ids: Vec<_> = lowered.graph.vertices().map(|(id, _)| id).collect();
@@ -297,19 +496,21 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         }
     }
 
-    let context = hash_build_context(&store, &loaded)?;
+    let context = hash_build_context(&store, loaded, inputs.context_stat_cache)?;
     let remote = (!cache_from.is_empty()).then(|| {
         let _runtime = runtime.enter();
+        let warn = Arc::clone(&inputs.warn);
         Arc::new(RemoteRecords::load(
             store.clone(),
             registry.clone(),
             cache_from,
-            |location, error| {
-                eprintln!("warning: --cache-from {location}: {error}; building without it")
+            move |location, error| {
+                warn(format!(
+                    "warning: --cache-from {location}: {error}; building without it"
+                ))
             },
         ))
     });
-    let source_date_epoch = source_date_epoch(&loaded.options.build_args)?;
     let executor = StoreExecutor {
         store: store.clone(),
         context: Some(Arc::new(context)),
@@ -333,55 +534,37 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         settings,
     };
     let target = lowered.target_stage();
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     let records = RecordStore::new(store.clone());
-    let mut solver =
-        Solver::new(Arc::new(executor), records.clone(), options).with_progress(sender);
+    let mut solver = Solver::new(Arc::new(executor), records.clone(), options)
+        .with_progress(host.solve_started(cancel));
     if let Some(remote) = &remote {
         solver = solver.with_remote(Arc::clone(remote));
     }
-    let cancel = Cancel::new();
-    let progress = Progress::new(args.progress, Explainer::new(loaded.dockerfile.arg_names()));
-    let outcome = runtime.block_on(async {
-        let renderer = tokio::spawn(progress.clone().render(receiver));
-        let ctrl_c = cancel.clone();
-        let watcher = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                ctrl_c.cancel();
-            }
-        });
-        let result = solver.solve(&lowered.graph, &[target.root], &cancel).await;
-        drop(solver);
-        watcher.abort();
-        let summary = renderer.await.unwrap_or_default();
-        (result, summary)
-    });
-    let (solution, summary) = outcome;
-    let solution = match solution {
-        Ok(solution) => solution,
-        Err(error) => {
-            eprintln!("error: {error}");
-            if let imgb_builder::solve::SolveError::Vertex { name, .. } = &error
-                && let Some(excerpt) = step_excerpt(&loaded, name)
-            {
-                eprintln!("{excerpt}");
-            }
-            let mut causes = std::iter::successors(
-                Some(&error as &(dyn std::error::Error + 'static)),
-                |cause| cause.source(),
-            );
-            if causes.any(is_out_of_space) {
-                eprintln!("{}", out_of_space_hint(&store));
-            }
-            return Ok(ExitCode::FAILURE);
+    let solution = runtime.block_on(solver.solve(&lowered.graph, &[target.root], cancel));
+    drop(solver);
+    host.solve_ended();
+    let solution = solution.map_err(|error| {
+        let mut text = format!("error: {error}");
+        if let imgb_builder::solve::SolveError::Vertex { name, .. } = &error
+            && let Some(excerpt) = step_excerpt(loaded, name)
+        {
+            text = format!("{text}\n{excerpt}");
         }
-    };
+        let mut causes = std::iter::successors(
+            Some(&error as &(dyn std::error::Error + 'static)),
+            |cause| cause.source(),
+        );
+        if causes.any(is_out_of_space) {
+            text = format!("{text}\n{}", out_of_space_hint(&store));
+        }
+        BuildFailure::Reported(text)
+    })?;
     let solved = solution
         .get(target.root)
         .map(|vertex| vertex.result.clone())
         .ok_or_else(|| anyhow!("the target was not solved"))?;
     let Solved::Filesystem(filesystem) = &*solved else {
-        bail!("the target stage is not a filesystem")
+        return Err(anyhow!("the target stage is not a filesystem").into());
     };
     if let Some(remote) = &remote {
         // The image's layers must be stored; steps served by the imported cache may not be.
@@ -395,8 +578,10 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
                 .collect(),
             image: None,
         };
-        runtime.block_on(remote.fetch(&from_cache))?;
-        remote.adopt_hits(&records)?;
+        runtime
+            .block_on(remote.fetch(&from_cache))
+            .map_err(anyhow::Error::from)?;
+        remote.adopt_hits(&records).map_err(anyhow::Error::from)?;
     }
 
     let base_config = target
@@ -426,16 +611,20 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|layer| layer.blob.clone())
         .collect();
-    let image = store.write_image(&config, layers)?;
+    let image = store
+        .write_image(&config, layers)
+        .map_err(anyhow::Error::from)?;
     for name in &names {
-        store.tag_image(&name.to_string(), &image.descriptor.digest)?;
+        store
+            .tag_image(&name.to_string(), &image.descriptor.digest)
+            .map_err(anyhow::Error::from)?;
     }
     for spec in &cache_to {
         let CacheDestination::Location(location) = &spec.destination else {
             continue;
         };
         export_build_cache(
-            &runtime,
+            runtime,
             (&store, &registry),
             remote.as_deref(),
             (&lowered.graph, &solution, target.root),
@@ -453,7 +642,9 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         .partition(|spec| spec.kind == OutputKind::Image);
     for spec in image_outputs {
         for name in &spec.names {
-            store.tag_image(&name.to_string(), &image.descriptor.digest)?;
+            store
+                .tag_image(&name.to_string(), &image.descriptor.digest)
+                .map_err(anyhow::Error::from)?;
         }
         if spec.push {
             let spec_names = if spec.names.is_empty() {
@@ -462,7 +653,10 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
                 &spec.names
             };
             if spec_names.is_empty() {
-                bail!("-o type=image,push=true needs name=REGISTRY/NAME:TAG (or -t)");
+                return Err(anyhow!(
+                    "-o type=image,push=true needs name=REGISTRY/NAME:TAG (or -t)"
+                )
+                .into());
             }
             push_to.extend(spec_names.iter().cloned());
             if !push_format_set {
@@ -491,47 +685,22 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
         let (choice, oci) = push_format;
         let pushed = exported_image(&store, &image, choice, oci)
             .context("compressing the layers to push")?;
-        push_image(&runtime, &registry, &store, &pushed, &push_to)?;
+        push_image(runtime, &registry, &store, &pushed, &push_to)?;
         pushed_digest = Some(pushed.manifest.digest);
     }
-    let image_digest = pushed_digest
+    let digest = pushed_digest
         .or(exported_digest)
         .unwrap_or_else(|| image.descriptor.digest.clone());
-    let image_id = image.manifest.config.digest.to_string();
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, &image_id).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.metadata_file {
-        let metadata = serde_json::json!({
-            "containerimage.digest": image_digest.to_string(),
-            "containerimage.config.digest": image_id,
-            "image.name": names.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-    // An output written to standard output owns it: quiet mode's image ID would corrupt it.
-    let stdout_taken = outputs
-        .iter()
-        .any(|spec| matches!(spec.dest, Destination::Stdout));
-    if stdout_taken && args.progress == ProgressMode::Quiet {
-        return Ok(ExitCode::SUCCESS);
-    }
-    progress.finish(
-        &summary,
-        &Built {
-            id: &image_id,
-            digest: image_digest.as_str(),
-            names: &names,
-        },
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(BuiltImage {
+        image,
+        names,
+        digest,
+    })
 }
 
 /// Writes the records `spec` selects to its location, fetching the imported layers they name.
 fn export_build_cache(
-    runtime: &tokio::runtime::Runtime,
+    runtime: &tokio::runtime::Handle,
     (store, registry): (&Store, &Registry),
     remote: Option<&RemoteRecords>,
     (graph, solution, target): (&BuildGraph, &Solution, imgb_builder::graph::VertexId),
@@ -580,11 +749,6 @@ fn export_build_cache(
     Ok(())
 }
 
-fn fail(diagnostic: &Diagnostic) -> ExitCode {
-    eprintln!("{diagnostic}");
-    ExitCode::FAILURE
-}
-
 /// The Dockerfile lines behind a failed vertex, for a failure report: the step named
 /// `[stage n/m] INSTRUCTION`, or for an image that would not load (`[internal] load metadata
 /// for REF`), the instruction that reads it with `--from=REF` or `from=REF`.
@@ -611,29 +775,35 @@ fn step_excerpt(loaded: &LoadedDockerfile, vertex_name: &str) -> Option<String> 
     )
 }
 
-/// Hashes the context with its `.dockerignore`, reusing the stat cache under `contexts/`.
+/// Hashes the context with its `.dockerignore`, reusing the stat cache under `contexts/` when
+/// `stat_cache` is set.
 fn hash_build_context(
     store: &Store,
     loaded: &LoadedDockerfile,
+    stat_cache: bool,
 ) -> Result<imgb_builder::context::HashedContext> {
     let path = &loaded.context;
-    let stat_cache = Resource::ContextCache(context_cache_id(path)?);
-    store.protect(&stat_cache)?;
-    let cache_dir = stat_cache.path(store);
+    let cache_dir = if stat_cache {
+        let resource = Resource::ContextCache(context_cache_id(path)?);
+        store.protect(&resource)?;
+        Some(resource.path(store))
+    } else {
+        None
+    };
     let filter: &dyn PathFilter = match &loaded.ignore {
         Some(rules) => rules,
         None => &IncludeAll,
     };
-    hash_context(path, filter, Some(&cache_dir))
+    hash_context(path, filter, cache_dir.as_deref())
         .map_err(|error| anyhow!("build context {}: {error}", path.display()))
 }
 
-/// `SOURCE_DATE_EPOCH` from `--build-arg`, else the environment.
-fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<i64>> {
-    let value = build_args
-        .get("SOURCE_DATE_EPOCH")
-        .cloned()
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
+/// `SOURCE_DATE_EPOCH` from `--build-arg`, else `fallback` (the environment's).
+pub(crate) fn source_date_epoch(
+    build_args: &BTreeMap<String, String>,
+    fallback: Option<String>,
+) -> Result<Option<i64>> {
+    let value = build_args.get("SOURCE_DATE_EPOCH").cloned().or(fallback);
     value
         .filter(|text| !text.is_empty())
         .map(|text| {
@@ -752,8 +922,12 @@ mod tests {
     #[test]
     fn source_date_epoch_must_be_a_number() {
         let args = BTreeMap::from([("SOURCE_DATE_EPOCH".to_string(), "yesterday".to_string())]);
-        assert!(source_date_epoch(&args).is_err());
+        assert!(source_date_epoch(&args, None).is_err());
         let args = BTreeMap::from([("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string())]);
-        assert_eq!(source_date_epoch(&args).unwrap(), Some(1_700_000_000));
+        assert_eq!(source_date_epoch(&args, None).unwrap(), Some(1_700_000_000));
+        assert_eq!(
+            source_date_epoch(&BTreeMap::new(), Some("5".to_string())).unwrap(),
+            Some(5)
+        );
     }
 }

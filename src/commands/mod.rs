@@ -6,6 +6,7 @@ pub mod images;
 pub mod progress;
 pub mod prune;
 pub mod registry;
+pub mod remote;
 pub mod run;
 
 use anyhow::{Context, Result};

@@ -75,7 +75,7 @@ pub(crate) fn estimate_default_prune(store: &Store) -> Result<PruneReport> {
     Ok(store.estimate_prune(&default_options())?)
 }
 
-fn default_options() -> PruneOptions {
+pub(crate) fn default_options() -> PruneOptions {
     PruneOptions {
         all: false,
         until: None,

@@ -212,13 +212,19 @@ pub fn push(root: Option<PathBuf>, args: &PushArgs) -> Result<ExitCode> {
         image.manifest.is_oci(),
     )
     .context("compressing the layers to push")?;
-    push_image(&runtime()?, &registry, &store, &pushed, &destinations)?;
+    push_image(
+        runtime()?.handle(),
+        &registry,
+        &store,
+        &pushed,
+        &destinations,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Pushes `image` to every destination and reports each on standard error.
 pub fn push_image(
-    runtime: &tokio::runtime::Runtime,
+    runtime: &tokio::runtime::Handle,
     registry: &Registry,
     store: &Store,
     image: &ExportedImage,

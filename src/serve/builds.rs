@@ -1,44 +1,1073 @@
-//! The build API of `imgb serve` (owned by serve-builds; this is the placeholder the server
-//! skeleton mounts until it lands).
+//! The build service: `/v1/builds`. Clients submit a build (options + context), follow its
+//! events, fetch its result and cancel it; builds run in this process through the same
+//! [`execute`] as `imgb build`.
 //!
-//! The contract with `super` (mod.rs):
-//! - [`BuildsArgs`] is flattened into `imgb serve`'s flags;
-//! - [`BuildService::new`] is called once at startup with the server's store, without a lease
-//!   (a build takes its own, so prune can collect what finished builds no longer hold);
-//! - [`router`] is nested at `/v1/builds` and [`metrics_router`] merged at the root, both behind
-//!   the auth layer (handlers demand scopes with `super::auth::{RequireRead, RequireWrite}`);
-//! - on SIGTERM/SIGINT the server stops accepting, then awaits [`BuildService::drain`] with
-//!   `--shutdown-grace` before closing connections.
+//! Protocol (documented in `docs/api/openapi.yaml`):
+//! - `POST /v1/builds`: the options as JSON in the `X-Imgb-Build-Options` header (see
+//!   [`BuildRequest`]: `imgb build`'s flags, unknown ones refused), the context as the body: a
+//!   tar stream (optionally gzip/zstd). `202` with the build's id once the context is unpacked
+//!   and the Dockerfile parsed; `400` for malformed input (naming the field or tar entry),
+//!   `403` for an entitlement not granted, `413` past `--max-context-size`.
+//! - `GET /v1/builds/{id}/events`: NDJSON, the `--progress rawjson` events from the first (a
+//!   late reader replays them), plus `queued`, `running`, `warning`, and one last `done`,
+//!   `error` or `cancelled`; the stream ends with the build.
+//! - `GET /v1/builds/{id}/result`: the file output (OCI/docker archive or rootfs tar).
+//! - `DELETE /v1/builds/{id}`: cancel (a queued build never starts; a running one's steps are
+//!   cancelled).
+//!
+//! Invariants:
+//! - At most `--max-builds` run at once; the others start in submission order (one dispatcher
+//!   takes them from a FIFO channel).
+//! - Each build has its own store lease, so a prune (the disk watermark's or `imgb prune`)
+//!   never removes what it uses, and its own work directory under the store's `tmp/`
+//!   (context, then the result), removed when the build is forgotten (the oldest finished
+//!   builds beyond [`KEPT_FINISHED`]).
+//! - Listings show ids, states, times, names and digests: never options, build arguments or
+//!   errors, which may carry what one client sent and another must not read.
 
+mod log;
+pub mod request;
+pub mod upload;
+
+use crate::check::LoadedDockerfile;
+use crate::commands::build::{
+    BuildFailure, BuildHost, BuildInputs, StoreAccess, execute, source_date_epoch,
+};
+use crate::commands::progress::{Built, Explainer, Summary, raw_json};
+use crate::commands::prune::{
+    default_options as default_prune_options, parse_duration, parse_size,
+};
+use crate::serve::auth::{RequireRead, RequireWrite};
+use crate::serve::metrics::Metrics;
+pub use crate::serve::metrics::metrics_router;
 use axum::Router;
-use imgb_cache::Store;
-use std::sync::Arc;
-use std::time::Duration;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use imgb_builder::context::{Symlinks, open_beneath};
+use imgb_builder::solve::{Cancel, ProgressEvent};
+use imgb_cache::{PruneOptions, Store};
+use log::EventLog;
+use request::{BuildRequest, OPTIONS_HEADER, Refusal, ResultKind, check_entitlements};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The build service's flags.
+/// Finished builds remembered (with their results) before the oldest are forgotten.
+pub const KEPT_FINISHED: usize = 64;
+
+/// `imgb serve`'s build service flags (flattened into its command).
 #[derive(Debug, Clone, clap::Args)]
-pub struct BuildsArgs {}
+pub struct BuildsArgs {
+    /// Builds running at once; more wait, started in the order they came.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_builds: usize,
+    /// The largest build context accepted (binary units: `512MiB`, `2GB`).
+    #[arg(long, default_value = "1GiB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_context_size: u64,
+    /// Cancel builds running longer than this (Go duration: `30m`, `1h30m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub build_timeout: Option<Duration>,
+    /// Before a build starts, prune the cache (least recently used first, never what a
+    /// running build holds) while the store's filesystem has less free space than this:
+    /// `SIZE` (`20GB`) or a percentage of the filesystem (`10%`).
+    #[arg(long, value_name = "SIZE|PCT", value_parser = FreeSpace::parse)]
+    pub gc_free_below: Option<FreeSpace>,
+    /// Entitlements builds may be granted (they must also ask with `imgb build --allow`):
+    /// `network.host`, `security.insecure` (repeatable).
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = parse_entitlement)]
+    pub allow: Vec<String>,
+}
 
-/// Runs and tracks builds.
-#[derive(Debug)]
-pub struct BuildService {}
+fn parse_entitlement(text: &str) -> Result<String, String> {
+    if request::ENTITLEMENTS.contains(&text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "unknown entitlement {text:?} (known: {})",
+            request::ENTITLEMENTS.join(", ")
+        ))
+    }
+}
 
-impl BuildService {
-    pub fn new(_store: Store, _args: &BuildsArgs) -> anyhow::Result<Self> {
-        Ok(Self {})
+/// The free-space watermark of `--gc-free-below`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl FreeSpace {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.strip_suffix('%') {
+            Some(number) => match number.parse::<f64>() {
+                Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(FreeSpace::Percent(percent)),
+                _ => Err(format!("invalid percentage {text:?} (expected 0% to 100%)")),
+            },
+            None => parse_size(text).map(FreeSpace::Bytes),
+        }
     }
 
-    /// Lets running builds finish for up to `grace`, then cancels the rest and waits for them
-    /// to stop.
-    pub async fn drain(&self, _grace: Duration) {}
+    /// The bytes this watermark means on a filesystem of `total` bytes.
+    fn bytes(self, total: u64) -> u64 {
+        match self {
+            FreeSpace::Bytes(bytes) => bytes,
+            FreeSpace::Percent(percent) => (total as f64 * percent / 100.0) as u64,
+        }
+    }
 }
 
-/// `/v1/builds` routes.
-pub fn router(_service: Arc<BuildService>) -> Router {
-    Router::new()
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
 }
 
-/// `/metrics`.
-pub fn metrics_router(_service: Arc<BuildService>) -> Router {
+impl BuildState {
+    const ALL: [BuildState; 5] = [
+        BuildState::Queued,
+        BuildState::Running,
+        BuildState::Succeeded,
+        BuildState::Failed,
+        BuildState::Cancelled,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Succeeded => "succeeded",
+            BuildState::Failed => "failed",
+            BuildState::Cancelled => "cancelled",
+        }
+    }
+
+    fn finished(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+}
+
+/// What a listing may show of a build.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Status {
+    id: String,
+    state: BuildState,
+    /// Unix times in seconds (with fractions).
+    submitted: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<ResultKind>,
+}
+
+#[derive(Debug)]
+struct Build {
+    status: Mutex<Status>,
+    log: EventLog,
+    cancel: Cancel,
+    /// The build's directory under the store's `tmp/`.
+    work: PathBuf,
+}
+
+impl Build {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // A panic while holding it cannot leave a status half-written: every update is one
+        // assignment.
+        self.status
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn result_path(&self) -> PathBuf {
+        self.work.join("result")
+    }
+}
+
+/// A build waiting for a slot, with what it was submitted with.
+struct Job {
+    build: Arc<Build>,
+    request: BuildRequest,
+    loaded: LoadedDockerfile,
+}
+
+/// The builds of one server: queue, slots, records, metrics.
+#[derive(Debug)]
+pub struct BuildService {
+    store: Store,
+    config: BuildsArgs,
+    builds: Mutex<BTreeMap<u64, Arc<Build>>>,
+    next_number: AtomicU64,
+    queue: UnboundedSender<Job>,
+    /// The queue's receiving end until the first submission starts the dispatcher (the
+    /// service is made before the server's runtime).
+    pending_jobs: Mutex<Option<UnboundedReceiver<Job>>>,
+    running: AtomicU64,
+    accepting: AtomicBool,
+    metrics: Metrics,
+    /// Distinguishes this server's build ids from an earlier run's.
+    epoch: u64,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("build", &self.build).finish()
+    }
+}
+
+impl BuildService {
+    /// The service for `store` (the server's; each build takes a lease of its own).
+    pub fn new(store: Store, config: &BuildsArgs) -> anyhow::Result<Self> {
+        let (queue, jobs) = unbounded_channel();
+        let epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        std::fs::create_dir_all(store.tmp_dir())?;
+        Ok(BuildService {
+            store,
+            builds: Mutex::new(BTreeMap::new()),
+            next_number: AtomicU64::new(1),
+            queue,
+            pending_jobs: Mutex::new(Some(jobs)),
+            running: AtomicU64::new(0),
+            accepting: AtomicBool::new(true),
+            metrics: Metrics::default(),
+            epoch,
+            config: config.clone(),
+        })
+    }
+
+    /// Starts the dispatcher on the current runtime, the first time only.
+    fn start_dispatcher(self: &Arc<Self>) {
+        let jobs = self
+            .pending_jobs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(jobs) = jobs {
+            tokio::spawn(dispatch(Arc::clone(self), jobs));
+        }
+    }
+
+    fn builds(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Build>>> {
+        self.builds
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn find(&self, id: &str) -> Option<Arc<Build>> {
+        let number = id
+            .strip_prefix(&format!("{:x}-", self.epoch))
+            .and_then(|number| number.parse::<u64>().ok())?;
+        self.builds().get(&number).cloned()
+    }
+
+    /// Stops taking builds, waits up to `grace` for the running and queued ones, then cancels
+    /// what is left and waits for it to stop (for graceful shutdown).
+    pub async fn drain(&self, grace: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let all_finished = || {
+            self.builds()
+                .values()
+                .all(|build| build.status().state.finished())
+        };
+        let deadline = Instant::now() + grace;
+        while !all_finished() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let unfinished: Vec<_> = self.builds().values().cloned().collect();
+        for build in unfinished {
+            cancel(&build);
+        }
+        while !all_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The Prometheus exposition of the service's metrics.
+    pub fn metrics_text(&self) -> String {
+        let mut counts: BTreeMap<&str, u64> = BuildState::ALL
+            .iter()
+            .map(|state| (state.name(), 0))
+            .collect();
+        for build in self.builds().values() {
+            *counts.entry(build.status().state.name()).or_default() += 1;
+        }
+        let states: Vec<_> = counts.into_iter().collect();
+        let queued = states
+            .iter()
+            .find(|(state, _)| *state == "queued")
+            .map_or(0, |(_, count)| *count);
+        self.metrics.render(&states, queued)
+    }
+
+    /// Registers a submitted build and queues it.
+    fn enqueue(
+        self: &Arc<Self>,
+        work: PathBuf,
+        request: BuildRequest,
+        loaded: LoadedDockerfile,
+        result: Option<ResultKind>,
+        number: u64,
+    ) -> Status {
+        let status = Status {
+            id: format!("{:x}-{number}", self.epoch),
+            state: BuildState::Queued,
+            submitted: unix_seconds(SystemTime::now()),
+            started: None,
+            finished: None,
+            tags: request.tag.clone(),
+            digest: None,
+            result,
+        };
+        let build = Arc::new(Build {
+            status: Mutex::new(status.clone()),
+            log: EventLog::default(),
+            cancel: Cancel::new(),
+            work,
+        });
+        build.log.push(&json!({"event": "queued", "id": status.id}));
+        self.builds().insert(number, Arc::clone(&build));
+        self.forget_old_builds();
+        self.start_dispatcher();
+        if self
+            .queue
+            .send(Job {
+                build: Arc::clone(&build),
+                request,
+                loaded,
+            })
+            .is_err()
+        {
+            finish(
+                &build,
+                BuildState::Failed,
+                &json!({"event": "error", "message": "the server is stopping"}),
+            );
+        }
+        status
+    }
+
+    /// Drops the oldest finished builds beyond [`KEPT_FINISHED`], with their work directories.
+    fn forget_old_builds(&self) {
+        let mut builds = self.builds();
+        let finished: Vec<u64> = builds
+            .iter()
+            .filter(|(_, build)| build.status().state.finished())
+            .map(|(number, _)| *number)
+            .collect();
+        let excess = finished.len().saturating_sub(KEPT_FINISHED);
+        for number in finished.into_iter().take(excess) {
+            if let Some(build) = builds.remove(&number) {
+                let _ = std::fs::remove_dir_all(&build.work);
+            }
+        }
+    }
+
+    /// Prunes the cache, least recently used first, while free space is under the watermark.
+    fn collect_garbage(&self) {
+        let Some(watermark) = self.config.gc_free_below else {
+            return;
+        };
+        let Ok(stats) = rustix::fs::statvfs(self.store.root()) else {
+            return;
+        };
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        let wanted = watermark.bytes(stats.f_blocks.saturating_mul(stats.f_frsize));
+        if free >= wanted {
+            return;
+        }
+        let used: u64 = match self.store.usage() {
+            Ok(kinds) => kinds.iter().map(|(_, usage)| usage.bytes).sum(),
+            Err(error) => {
+                eprintln!("warning: --gc-free-below: measuring the store: {error}");
+                return;
+            }
+        };
+        let options = PruneOptions {
+            keep_storage: Some(used.saturating_sub(wanted - free)),
+            ..default_prune_options()
+        };
+        self.metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
+        match self.store.prune(&options) {
+            Ok(report) => {
+                let freed: u64 = report.removed.iter().map(|removed| removed.bytes).sum();
+                self.metrics
+                    .gc_freed_bytes
+                    .fetch_add(freed, Ordering::Relaxed);
+            }
+            Err(error) => eprintln!("warning: --gc-free-below: pruning the cache: {error}"),
+        }
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// Ends a build: its state and time, and the last event, which closes its log.
+fn finish(build: &Build, state: BuildState, last: &serde_json::Value) {
+    {
+        let mut status = build.status();
+        if status.state.finished() {
+            return;
+        }
+        status.state = state;
+        status.finished = Some(unix_seconds(SystemTime::now()));
+    }
+    build.log.close(last);
+}
+
+/// Cancels a build: a queued one ends now, a running one when its steps have stopped.
+fn cancel(build: &Build) {
+    build.cancel.cancel();
+    if build.status().state == BuildState::Queued {
+        finish(build, BuildState::Cancelled, &json!({"event": "cancelled"}));
+    }
+}
+
+/// Starts queued builds in order, each when a slot is free.
+async fn dispatch(service: Arc<BuildService>, mut jobs: UnboundedReceiver<Job>) {
+    let slots = Arc::new(Semaphore::new(service.config.max_builds.max(1)));
+    while let Some(job) = jobs.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        if job.build.status().state != BuildState::Queued {
+            continue;
+        }
+        tokio::spawn(run(Arc::clone(&service), job, slot));
+    }
+}
+
+/// Runs one build in its slot, with the timeout, and records how it ended.
+async fn run(service: Arc<BuildService>, job: Job, slot: OwnedSemaphorePermit) {
+    let build = Arc::clone(&job.build);
+    let gc = Arc::clone(&service);
+    let _ = tokio::task::spawn_blocking(move || gc.collect_garbage()).await;
+    {
+        let mut status = build.status();
+        if status.state != BuildState::Queued {
+            return;
+        }
+        status.state = BuildState::Running;
+        status.started = Some(unix_seconds(SystemTime::now()));
+    }
+    let running = service.running.fetch_add(1, Ordering::SeqCst) + 1;
+    service.metrics.running_now(running);
+    build.log.push(&json!({"event": "running"}));
+    let started = Instant::now();
+    let worker = Arc::clone(&service);
+    let runtime = tokio::runtime::Handle::current();
+    let mut task = tokio::task::spawn_blocking(move || build_in_slot(&worker, &runtime, job));
+    let timeout = service.config.build_timeout;
+    let mut timed_out = false;
+    let outcome = tokio::select! {
+        outcome = &mut task => outcome,
+        () = sleep_or_forever(timeout) => {
+            timed_out = true;
+            build.cancel.cancel();
+            task.await
+        }
+    };
+    let (state, last) = match outcome {
+        Ok(Ok(done)) => (BuildState::Succeeded, done),
+        Ok(Err(_)) if timed_out => (
+            BuildState::Failed,
+            json!({"event": "error", "message": format!(
+                "error: the build ran longer than the server's --build-timeout ({})",
+                timeout.map_or(0, |limit| limit.as_secs())
+            )}),
+        ),
+        Ok(Err(_)) if build.cancel.is_cancelled() => {
+            (BuildState::Cancelled, json!({"event": "cancelled"}))
+        }
+        Ok(Err(message)) => (
+            BuildState::Failed,
+            json!({"event": "error", "message": message}),
+        ),
+        Err(panic) => (
+            BuildState::Failed,
+            json!({"event": "error", "message": format!("error: the build crashed: {panic}")}),
+        ),
+    };
+    if let Some(digest) = last.get("digest").and_then(|digest| digest.as_str()) {
+        build.status().digest = Some(digest.to_string());
+    }
+    let _ = std::fs::remove_dir_all(build.work.join("context"));
+    service.running.fetch_sub(1, Ordering::SeqCst);
+    service.metrics.build_finished(started.elapsed());
+    // The slot is free before the build reads as finished: a client that saw it finish and
+    // submits again never waits for this one.
+    drop(slot);
+    finish(&build, state, &last);
+}
+
+async fn sleep_or_forever(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The build itself (on a blocking thread): the `done` event, or the error in words.
+fn build_in_slot(
+    service: &Arc<BuildService>,
+    runtime: &tokio::runtime::Handle,
+    job: Job,
+) -> Result<serde_json::Value, String> {
+    let Job {
+        build,
+        request,
+        loaded,
+    } = job;
+    let store = service
+        .store
+        .leased("serve build")
+        .map_err(|error| format!("error: taking a lease on the store: {error}"))?;
+    let context = build.work.join("context");
+    let args = request.build_args(&context, &build.result_path());
+    let source_date_epoch = source_date_epoch(
+        &loaded.options.build_args,
+        request.source_date_epoch.map(|epoch| epoch.to_string()),
+    )
+    .map_err(|error| format!("error: {error:#}"))?;
+    let mut relay = Relay {
+        build: Arc::clone(&build),
+        service: Arc::clone(service),
+        runtime: runtime.clone(),
+        explainer: Explainer::new(loaded.dockerfile.arg_names()),
+        started: Instant::now(),
+        forwarder: None,
+        summary: Summary::default(),
+    };
+    let log_warning = Arc::clone(&build);
+    let built = execute(
+        &BuildInputs {
+            args: &args,
+            loaded: &loaded,
+            store: StoreAccess::Leased(store),
+            runtime,
+            cancel: build.cancel.clone(),
+            source_date_epoch,
+            context_stat_cache: false,
+            warn: Arc::new(move |text: String| {
+                log_warning
+                    .log
+                    .push(&json!({"event": "warning", "message": text}));
+            }),
+        },
+        &mut relay,
+    )
+    .map_err(|failure| match failure {
+        BuildFailure::Reported(text) => text,
+        error => error.to_string(),
+    })?;
+    let names: Vec<String> = built.names.iter().map(ToString::to_string).collect();
+    relay.summary.elapsed = relay.started.elapsed();
+    Ok(raw_json::done(
+        &relay.summary,
+        &Built {
+            id: built.image.manifest.config.digest.as_str(),
+            digest: built.digest.as_str(),
+            names: &names,
+        },
+    ))
+}
+
+/// The service's [`BuildHost`]: solver events become rawjson lines in the build's log.
+struct Relay {
+    build: Arc<Build>,
+    service: Arc<BuildService>,
+    runtime: tokio::runtime::Handle,
+    explainer: Explainer,
+    started: Instant,
+    forwarder: Option<tokio::task::JoinHandle<Summary>>,
+    summary: Summary,
+}
+
+impl BuildHost for Relay {
+    fn solve_started(&mut self, _cancel: &Cancel) -> UnboundedSender<ProgressEvent> {
+        let (sender, mut events) = unbounded_channel::<ProgressEvent>();
+        let (build, explainer, started) = (
+            Arc::clone(&self.build),
+            self.explainer.clone(),
+            self.started,
+        );
+        let service = Arc::clone(&self.service);
+        self.forwarder = Some(self.runtime.spawn(async move {
+            let mut summary = Summary::default();
+            while let Some(event) = events.recv().await {
+                summary.count(&event);
+                service.metrics.step(&event);
+                let time = started.elapsed().as_secs_f64();
+                build
+                    .log
+                    .push(&raw_json::event_json(&event, time, &explainer));
+            }
+            summary
+        }));
+        sender
+    }
+
+    fn solve_ended(&mut self) {
+        if let Some(forwarder) = self.forwarder.take() {
+            self.summary = self.runtime.block_on(forwarder).unwrap_or_default();
+        }
+    }
+}
+
+/// `/v1/builds` and below, to be nested at `/v1/builds` behind the auth layer.
+pub fn router(service: Arc<BuildService>) -> Router {
     Router::new()
+        .route("/", get(list).post(submit))
+        .route("/{id}", get(show).delete(cancel_build))
+        .route("/{id}/events", get(events))
+        .route("/{id}/result", get(result))
+        .with_state(service)
+}
+
+/// The routes the server mounts (this module's, metrics, health and the registry base): the
+/// OpenAPI test checks `docs/api/openapi.yaml` documents each (add a route here when adding
+/// one to a router).
+#[cfg(test)]
+const ROUTES: [(&str, &str); 10] = [
+    ("get", "/v1/health"),
+    ("get", "/healthz"),
+    ("get", "/v2/"),
+    ("get", "/v1/builds"),
+    ("post", "/v1/builds"),
+    ("get", "/v1/builds/{id}"),
+    ("delete", "/v1/builds/{id}"),
+    ("get", "/v1/builds/{id}/events"),
+    ("get", "/v1/builds/{id}/result"),
+    ("get", "/metrics"),
+];
+
+fn refusal(refusal: Refusal) -> Response {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, axum::Json(json!({"error": refusal.message}))).into_response()
+}
+
+fn not_found(id: &str) -> Response {
+    refusal(Refusal {
+        status: 404,
+        message: format!("no build {id:?} on this server"),
+    })
+}
+
+async fn submit(
+    State(service): State<Arc<BuildService>>,
+    _: RequireWrite,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !service.accepting.load(Ordering::SeqCst) {
+        return refusal(Refusal {
+            status: 503,
+            message: "the server is shutting down; submit the build elsewhere".into(),
+        });
+    }
+    let Some(options) = headers.get(OPTIONS_HEADER) else {
+        return refusal(Refusal::bad(format!(
+            "missing the {OPTIONS_HEADER} header (the build options as JSON)"
+        )));
+    };
+    let request = match BuildRequest::from_json(options.as_bytes()) {
+        Ok(request) => request,
+        Err(error) => return refusal(error),
+    };
+    let result = match request.validate() {
+        Ok(result) => result,
+        Err(error) => return refusal(error),
+    };
+    let number = service.next_number.fetch_add(1, Ordering::SeqCst);
+    let work = service
+        .store
+        .tmp_dir()
+        .join(format!("serve-build-{:x}-{number}", service.epoch));
+    let accepted = accept(&service, &work, &request, body).await;
+    match accepted {
+        Ok(loaded) => {
+            let status = service.enqueue(work, request, loaded, result, number);
+            (StatusCode::ACCEPTED, axum::Json(status)).into_response()
+        }
+        Err(error) => {
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            refusal(error)
+        }
+    }
+}
+
+/// Receives the context and checks the Dockerfile in it: what must hold before a build is
+/// queued.
+async fn accept(
+    service: &BuildService,
+    work: &Path,
+    request: &BuildRequest,
+    body: Body,
+) -> Result<LoadedDockerfile, Refusal> {
+    let context = upload::receive_context(
+        body,
+        work,
+        service.config.max_context_size,
+        &service.metrics,
+    )
+    .await?;
+    // A Dockerfile named in the context may link within it, never out of it (its text would
+    // show in errors); the default name is read that way by the loader itself.
+    if let Some(file) = &request.file {
+        open_beneath(&context, Path::new(file), Symlinks::Inside).map_err(|error| {
+            Refusal::bad(format!(
+                "the Dockerfile {file:?} in the build context: {error}"
+            ))
+        })?;
+    }
+    let frontend = request.frontend_args(&context);
+    let loaded = tokio::task::spawn_blocking(move || frontend.try_load())
+        .await
+        .map_err(|error| Refusal {
+            status: 500,
+            message: format!("reading the Dockerfile: {error}"),
+        })?
+        .map_err(|text| Refusal::bad(text.replace(&format!("{}/", context.display()), "")))?;
+    let allowed: BTreeSet<String> = service.config.allow.iter().cloned().collect();
+    check_entitlements(&loaded, request, &allowed)?;
+    Ok(loaded)
+}
+
+async fn list(State(service): State<Arc<BuildService>>, _: RequireRead) -> Response {
+    let builds: Vec<Status> = service
+        .builds()
+        .values()
+        .map(|build| build.status().clone())
+        .collect();
+    axum::Json(json!({ "builds": builds })).into_response()
+}
+
+async fn show(
+    State(service): State<Arc<BuildService>>,
+    _: RequireRead,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match service.find(&id) {
+        Some(build) => axum::Json(build.status().clone()).into_response(),
+        None => not_found(&id),
+    }
+}
+
+async fn cancel_build(
+    State(service): State<Arc<BuildService>>,
+    _: RequireWrite,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let Some(build) = service.find(&id) else {
+        return not_found(&id);
+    };
+    cancel(&build);
+    (StatusCode::ACCEPTED, axum::Json(build.status().clone())).into_response()
+}
+
+async fn events(
+    State(service): State<Arc<BuildService>>,
+    _: RequireRead,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let Some(build) = service.find(&id) else {
+        return not_found(&id);
+    };
+    let counted = Arc::clone(&service);
+    let stream = futures_util::StreamExt::inspect(build.log.follow(), move |chunk| {
+        if let Ok(bytes) = chunk {
+            counted
+                .metrics
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn result(
+    State(service): State<Arc<BuildService>>,
+    _: RequireRead,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let Some(build) = service.find(&id) else {
+        return not_found(&id);
+    };
+    let (state, kind) = {
+        let status = build.status();
+        (status.state, status.result)
+    };
+    if kind.is_none() {
+        return refusal(Refusal {
+            status: 404,
+            message: format!(
+                "build {id} asked for no file output (submit with output type=oci, docker or tar)"
+            ),
+        });
+    };
+    if state != BuildState::Succeeded {
+        return refusal(Refusal {
+            status: 409,
+            message: format!(
+                "build {id} is {}: a result exists once it succeeded (its events say more)",
+                state.name()
+            ),
+        });
+    }
+    let file = match tokio::fs::File::open(build.result_path()).await {
+        Ok(file) => file,
+        Err(error) => {
+            return refusal(Refusal {
+                status: 500,
+                message: format!("reading the result of build {id}: {error}"),
+            });
+        }
+    };
+    let length = file.metadata().await.map(|meta| meta.len()).ok();
+    let counted = Arc::clone(&service);
+    // After a read error the stream ends (the client sees a short body).
+    let stream = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buffer = vec![0u8; 256 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(axum::body::Bytes::from(buffer)), Some(file)))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
+        if let Ok(bytes) = chunk {
+            counted
+                .metrics
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(stream),
+    )
+        .into_response();
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::auth::{Access, Scope};
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn service(root: &Path, allow: &[&str]) -> Arc<BuildService> {
+        let store = Store::open(root).unwrap();
+        let service = BuildService::new(
+            store,
+            &BuildsArgs {
+                max_builds: 1,
+                max_context_size: 64 * 1024,
+                build_timeout: None,
+                gc_free_below: None,
+                allow: allow.iter().map(ToString::to_string).collect(),
+            },
+        );
+        Arc::new(service.unwrap())
+    }
+
+    /// A tar of `entries` (path, symlink target or file content) written by the `tar` crate.
+    fn context_tar(entries: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        for (path, link, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(content.len() as u64);
+            match link {
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    archive.append_link(&mut header, path, target).unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    // The tar crate refuses `..` itself; write the name raw.
+                    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+                    header.set_cksum();
+                    archive.append(&header, *content).unwrap();
+                }
+            }
+        }
+        archive.into_inner().unwrap()
+    }
+
+    async fn submit(
+        service: &Arc<BuildService>,
+        options: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::post("/")
+            .header(OPTIONS_HEADER, options)
+            .body(Body::from(body))
+            .unwrap();
+        // What the server's auth layer grants a write token.
+        request.extensions_mut().insert(Access {
+            scope: Scope::Write,
+        });
+        let response = router(Arc::clone(service)).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    const DOCKERFILE: &[u8] = b"FROM scratch\nCOPY a /a\n";
+
+    #[tokio::test]
+    async fn malformed_submissions_get_4xx_naming_what_is_wrong() {
+        let root = tempfile::tempdir().unwrap();
+        let service = service(root.path(), &[]);
+        let good = context_tar(&[("Dockerfile", None, DOCKERFILE), ("a", None, b"x")]);
+        let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+            (
+                "{not json",
+                good.clone(),
+                StatusCode::BAD_REQUEST,
+                "build options",
+            ),
+            (
+                r#"{"squash":true}"#,
+                good.clone(),
+                StatusCode::BAD_REQUEST,
+                "squash",
+            ),
+            (
+                "{}",
+                context_tar(&[("Dockerfile", None, DOCKERFILE), ("../evil", None, b"x")]),
+                StatusCode::BAD_REQUEST,
+                "\"../evil\"",
+            ),
+            (
+                "{}",
+                context_tar(&[
+                    ("Dockerfile", None, DOCKERFILE),
+                    ("out", Some("/etc"), b""),
+                    ("out/passwd", None, b"x"),
+                ]),
+                StatusCode::BAD_REQUEST,
+                "\"out/passwd\"",
+            ),
+            ("{}", good[..700].to_vec(), StatusCode::BAD_REQUEST, "tar"),
+            (
+                "{}",
+                vec![0u8; 70 * 1024],
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "--max-context-size",
+            ),
+            (
+                "{}",
+                context_tar(&[("a", None, b"x")]),
+                StatusCode::BAD_REQUEST,
+                "Dockerfile",
+            ),
+        ];
+        for (options, body, status, needle) in cases {
+            let (got, answer) = submit(&service, options, body).await;
+            let message = answer["error"].as_str().unwrap_or_default().to_string();
+            assert_eq!(got, status, "{options}: {message}");
+            assert!(message.contains(needle), "{options}: {message}");
+        }
+        assert!(service.builds().is_empty());
+        // Refused uploads leave nothing behind in tmp/.
+        let leftovers: Vec<_> = std::fs::read_dir(service.store.tmp_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().starts_with("serve-build-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn host_networking_needs_the_server_and_the_request_to_allow_it() {
+        let dockerfile = b"FROM scratch\nRUN --network=host true\n";
+        let body = context_tar(&[("Dockerfile", None, dockerfile)]);
+        let root = tempfile::tempdir().unwrap();
+        let closed = service(root.path(), &[]);
+        let (status, answer) = submit(&closed, r#"{"allow":["network.host"]}"#, body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains("Dockerfile:2") && message.contains("--allow network.host"),
+            "{message}"
+        );
+        let open = service(root.path(), &["network.host"]);
+        let (status, answer) = submit(&open, "{}", body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(
+            answer["error"].as_str().unwrap().contains("client"),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_parses_and_names_every_route() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/api/openapi.yaml");
+        let script = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+        let output = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .output()
+            .expect("python3 with PyYAML (scripts/install-deps)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        for (method, route) in ROUTES {
+            assert!(
+                document["paths"][route][method].is_object(),
+                "{method} {route} is missing from {}",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn free_space_watermarks_are_sizes_or_percentages() {
+        assert_eq!(FreeSpace::parse("10%").unwrap().bytes(1000), 100);
+        assert_eq!(FreeSpace::parse("1KiB").unwrap().bytes(10), 1024);
+        assert!(FreeSpace::parse("120%").is_err());
+        assert!(FreeSpace::parse("lots").is_err());
+    }
 }

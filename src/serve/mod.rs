@@ -18,6 +18,7 @@ pub mod auth;
 pub mod builds;
 pub mod distribution;
 pub mod listen;
+pub mod metrics;
 
 use crate::commands::prune::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};

@@ -180,21 +180,21 @@ pub struct KeyExplanation {
 
 /// One component (or part of the instruction) that differs from the last record of the same
 /// step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// The label: `instruction`, `input N layers`, `input N image`, `context files`,
     /// `setting NAME`; for a part of the instruction `command`, `env NAME`, `mount /target`, ...
     pub component: String,
     /// For `instruction`: the parts that differ.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Change>,
     /// What changed, where more can be said than the label.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<ChangeDetail>,
 }
 
 /// What is known about a change beyond its label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChangeDetail {
     /// The value before and after, where it may be shown; `None` where it was not set.

@@ -88,7 +88,7 @@ impl ContextListing {
 
 /// Context paths that differ between two listings: the first [`NAMED_PATHS`] of each kind by
 /// name (in path order), all of them counted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChanges {
     pub modified: PathSample,
     pub added: PathSample,
@@ -102,7 +102,7 @@ impl FileChanges {
 }
 
 /// The first few paths of a kind of change and how many there are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathSample {
     pub count: usize,
     pub first: Vec<String>,

@@ -116,7 +116,7 @@ pub fn record_references(bytes: &[u8]) -> Result<Vec<RecordRef>, String> {
 }
 
 /// Why a record cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum RecordProblem {
     /// A blob the result names is no longer in the store (removed by hand or by GC).
@@ -137,7 +137,7 @@ impl fmt::Display for RecordProblem {
 }
 
 /// Why a step ran instead of being served from the cache.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum MissReason {
     /// Image sources and downloads are resolved on every build.

@@ -11,7 +11,7 @@
 //! redraw of their own.
 
 mod plain;
-mod raw_json;
+pub(crate) mod raw_json;
 mod tty;
 
 use imgb_builder::solve::{MissReason, ProgressEvent};
@@ -40,7 +40,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn count(&mut self, event: &ProgressEvent) {
+    pub(crate) fn count(&mut self, event: &ProgressEvent) {
         match event {
             ProgressEvent::Started { .. } => self.ran += 1,
             ProgressEvent::Cached { .. } => self.cached += 1,
