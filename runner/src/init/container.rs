@@ -54,6 +54,9 @@ const MASKED_SYS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 /// Docker's read-only `/proc` entries (`/proc/sys` and `/proc/sysrq-trigger` above all).
 const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
+/// How many times PID 1 scans for processes to kill before it leaves them to the kernel.
+const MAX_KILL_ROUNDS: usize = 64;
+
 /// `/dev` character devices: name, major, minor.
 const DEVICES: [(&str, u32, u32); 6] = [
     ("null", 1, 3),
@@ -615,9 +618,11 @@ fn run_command(
 }
 
 /// Kills and reaps every other process in the namespace (background jobs of the command), so
-/// that nothing writes to the root filesystem any more.
+/// that nothing writes to the root filesystem any more. A fork bomb can refill the namespace
+/// between two scans: after [`MAX_KILL_ROUNDS`] the rest is left to the kernel, which kills
+/// every process of the namespace when PID 1 exits, before the supervisor commits anything.
 fn kill_everything_else() {
-    loop {
+    for _ in 0..MAX_KILL_ROUNDS {
         let mut killed_any = false;
         if let Ok(entries) = fs::read_dir("/proc") {
             for entry in entries.flatten() {
