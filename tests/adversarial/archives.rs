@@ -180,7 +180,10 @@ fn add_of_a_hostile_archive_to_the_root_stays_inside_the_image() {
             "--progress",
             "plain",
             "-o",
-            &format!("type=oci,tar=false,dest={}", layout.display()),
+            &format!(
+                "type=oci,tar=false,compression=uncompressed,dest={}",
+                layout.display()
+            ),
             context.to_str().unwrap(),
         ],
     );
