@@ -30,8 +30,8 @@ use crate::ignore::IgnoreRules;
 use crate::layered::LayeredView;
 use crate::solve::remote::RemoteRecords;
 use crate::solve::{
-    ContextListing, ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, ListedKind,
-    OutputStream, Solved, SolvedInput,
+    ContextSelection, ExecError, Executor, Filesystem, ImageOrigin, Job, LayerRef, ListedEntry,
+    ListedKind, OutputStream, Solved, SolvedInput,
 };
 use imgb_cache::oci::{Descriptor, Platform};
 use imgb_cache::registry::Registry;
@@ -337,27 +337,24 @@ impl Executor for StoreExecutor {
         }
     }
 
-    async fn select_context(&self, job: &Job) -> Result<Digest, ExecError> {
+    async fn select_context(&self, job: &Job) -> Result<ContextSelection, ExecError> {
         let mut digests = Vec::new();
+        let mut entries = Vec::new();
         self.visit_context_selections(job, |selection| {
             digests.push(selection.digest.hex());
-        })?;
-        Ok(Digest::of(digests.join("\n").as_bytes()))
-    }
-
-    async fn context_listing(&self, job: &Job) -> Result<ContextListing, ExecError> {
-        let mut listing = ContextListing::default();
-        self.visit_context_selections(job, |selection| {
-            for entry in selection.entries() {
+            entries.extend(selection.entries().map(|entry| {
                 let kind = match entry.kind {
                     EntryKind::File => ListedKind::File,
                     EntryKind::Dir => ListedKind::Dir,
                     EntryKind::Symlink { .. } => ListedKind::Symlink,
                     EntryKind::Other { .. } => ListedKind::Other,
                 };
-                listing.insert(&entry.path, kind, entry.mode, &entry.digest.hex());
-            }
+                ListedEntry::new(&entry.path, kind, entry.mode, entry.digest.as_bytes())
+            }));
         })?;
-        Ok(listing)
+        Ok(ContextSelection {
+            digest: Digest::of(digests.join("\n").as_bytes()),
+            listing: entries.into_iter().collect(),
+        })
     }
 }

@@ -2,18 +2,20 @@
 //! so that a later miss can name the files that changed instead of saying "context files
 //! changed".
 //!
-//! A listing maps each selected path (relative to the context) to what a copy of it reproduces:
-//! its type, permission bits and content digest (shortened: a listing only explains a miss, it
-//! never decides one, so 64 bits tell changes apart well enough and keep it small). The
-//! [`RecordStore`](crate::solve::RecordStore) keeps listings under `records/contexts/`, named by
-//! the selection digest they belong to.
+//! A listing holds each selected path (relative to the context) with what a copy of it
+//! reproduces: its type, permission bits and content digest (shortened to 64 bits: a listing only
+//! explains a miss, it never decides one, so that tells changes apart well enough and keeps it
+//! small). The [`RecordStore`](crate::solve::RecordStore) keeps listings under
+//! `records/contexts/`, named by the selection digest they belong to, in the binary form of
+//! [`ContextListing::encode`].
 //!
 //! Invariants:
+//! - Entries are sorted by path, each path once, so two listings compare in one merge pass.
 //! - A listing is a pure function of the selection it is named by: two listings stored under
 //!   the same name are equal, so writing one is idempotent and readers never see a mix.
 //! - Directories are listed by type and mode only (their content shows in the entries below).
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -21,14 +23,26 @@ use serde::{Deserialize, Serialize};
 /// How many paths of each kind of change are named; the rest are counted.
 pub const NAMED_PATHS: usize = 3;
 
-/// The digest prefix a listing keeps of each file (hex digits).
-const DIGEST_HEX_DIGITS: usize = 16;
+/// The first bytes of an encoded listing; a file without them is not one (or an older format).
+const MAGIC: &[u8] = b"imgb-listing 1\n";
 
-/// Selected context paths → what a copy of each reproduces.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// Bytes of an encoded entry before its path: kind, mode (u32 LE), digest prefix (u64 LE).
+const ENTRY_HEADER: usize = 1 + 4 + 8;
+
+/// Selected context paths and what a copy of each reproduces, sorted by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContextListing {
-    entries: BTreeMap<String, String>,
+    entries: Vec<ListedEntry>,
+}
+
+/// One selected path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedEntry {
+    path: Box<str>,
+    kind: ListedKind,
+    mode: u32,
+    /// The first 8 bytes of the content digest; 0 for directories.
+    digest: u64,
 }
 
 /// What kind of file a listed path is.
@@ -41,24 +55,59 @@ pub enum ListedKind {
     Other,
 }
 
-impl ContextListing {
-    /// Adds `path`; `digest` (hex, any length) is ignored for directories. A path listed twice
-    /// (two sources selecting it) keeps one entry: the same context gives it the same content.
-    pub fn insert(&mut self, path: &str, kind: ListedKind, mode: u32, digest: &str) {
-        let tag = match kind {
-            ListedKind::File => 'f',
-            ListedKind::Dir => 'd',
-            ListedKind::Symlink => 'l',
-            ListedKind::Other => 'o',
-        };
-        let digest = match kind {
-            ListedKind::Dir => "",
-            _ => digest.get(..DIGEST_HEX_DIGITS).unwrap_or(digest),
-        };
-        self.entries
-            .insert(path.to_string(), format!("{tag}{mode:o}:{digest}"));
+impl ListedKind {
+    fn tag(self) -> u8 {
+        match self {
+            ListedKind::File => b'f',
+            ListedKind::Dir => b'd',
+            ListedKind::Symlink => b'l',
+            ListedKind::Other => b'o',
+        }
     }
 
+    fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            b'f' => ListedKind::File,
+            b'd' => ListedKind::Dir,
+            b'l' => ListedKind::Symlink,
+            b'o' => ListedKind::Other,
+            _ => return None,
+        })
+    }
+}
+
+impl ListedEntry {
+    /// `digest` (any length; its first 8 bytes are kept) is ignored for directories.
+    pub fn new(path: &str, kind: ListedKind, mode: u32, digest: &[u8]) -> Self {
+        let mut prefix = [0; 8];
+        if kind != ListedKind::Dir {
+            for (kept, byte) in prefix.iter_mut().zip(digest) {
+                *kept = *byte;
+            }
+        }
+        ListedEntry {
+            path: path.into(),
+            kind,
+            mode,
+            digest: u64::from_be_bytes(prefix),
+        }
+    }
+}
+
+impl FromIterator<ListedEntry> for ContextListing {
+    /// Sorts the entries; a path listed twice (two sources selecting it) keeps one entry: the
+    /// same context gives it the same content.
+    fn from_iter<I: IntoIterator<Item = ListedEntry>>(entries: I) -> Self {
+        let mut entries: Vec<ListedEntry> = entries.into_iter().collect();
+        // Stable, so of duplicate paths the first listed stays; selections come in tree order,
+        // which is close to sorted, and a stable sort is linear on sorted runs.
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|later, first| later.path == first.path);
+        ContextListing { entries }
+    }
+}
+
+impl ContextListing {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -67,22 +116,85 @@ impl ContextListing {
         self.entries.is_empty()
     }
 
+    /// The stored form: [`MAGIC`], then per entry its kind tag, mode, digest prefix and path,
+    /// NUL-terminated (a path never holds a NUL, while it may hold a newline).
+    pub fn encode(&self) -> Vec<u8> {
+        let paths: usize = self.entries.iter().map(|entry| entry.path.len()).sum();
+        let mut bytes =
+            Vec::with_capacity(MAGIC.len() + paths + self.entries.len() * (ENTRY_HEADER + 1));
+        bytes.extend_from_slice(MAGIC);
+        for entry in &self.entries {
+            bytes.push(entry.kind.tag());
+            bytes.extend_from_slice(&entry.mode.to_le_bytes());
+            bytes.extend_from_slice(&entry.digest.to_le_bytes());
+            bytes.extend_from_slice(entry.path.as_bytes());
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote; `None` for anything else, truncated or
+    /// unsorted input included.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut rest = bytes.strip_prefix(MAGIC)?;
+        let mut entries: Vec<ListedEntry> = Vec::new();
+        while !rest.is_empty() {
+            let (header, tail) = rest.split_first_chunk::<ENTRY_HEADER>()?;
+            let (tag, header) = header.split_first()?;
+            let (mode, digest) = header.split_first_chunk::<4>()?;
+            let end = tail.iter().position(|&byte| byte == 0)?;
+            let path = std::str::from_utf8(tail.get(..end)?).ok()?;
+            if entries.last().is_some_and(|last| *last.path >= *path) {
+                return None;
+            }
+            entries.push(ListedEntry {
+                path: path.into(),
+                kind: ListedKind::from_tag(*tag)?,
+                mode: u32::from_le_bytes(*mode),
+                digest: u64::from_le_bytes(digest.try_into().ok()?),
+            });
+            rest = tail.get(end + 1..)?;
+        }
+        Some(ContextListing { entries })
+    }
+
     /// The paths added, removed and modified (contents, type or mode) since `earlier`.
     pub fn changes_from(&self, earlier: &ContextListing) -> FileChanges {
         let mut changes = FileChanges::default();
-        for (path, now) in &self.entries {
-            match earlier.entries.get(path) {
-                None => changes.added.push(path),
-                Some(before) if before != now => changes.modified.push(path),
-                Some(_) => {}
+        let (mut now, mut before) = (
+            self.entries.iter().peekable(),
+            earlier.entries.iter().peekable(),
+        );
+        loop {
+            match (now.peek(), before.peek()) {
+                (Some(current), Some(old)) => match current.path.cmp(&old.path) {
+                    Ordering::Less => {
+                        changes.added.push(&current.path);
+                        now.next();
+                    }
+                    Ordering::Greater => {
+                        changes.removed.push(&old.path);
+                        before.next();
+                    }
+                    Ordering::Equal => {
+                        if current != old {
+                            changes.modified.push(&current.path);
+                        }
+                        now.next();
+                        before.next();
+                    }
+                },
+                (Some(current), None) => {
+                    changes.added.push(&current.path);
+                    now.next();
+                }
+                (None, Some(old)) => {
+                    changes.removed.push(&old.path);
+                    before.next();
+                }
+                (None, None) => return changes,
             }
         }
-        for path in earlier.entries.keys() {
-            if !self.entries.contains_key(path) {
-                changes.removed.push(path);
-            }
-        }
-        changes
     }
 }
 
@@ -151,11 +263,12 @@ mod tests {
     use super::*;
 
     fn listing(entries: &[(&str, ListedKind, u32, &str)]) -> ContextListing {
-        let mut listing = ContextListing::default();
-        for (path, kind, mode, digest) in entries {
-            listing.insert(path, *kind, *mode, digest);
-        }
-        listing
+        entries
+            .iter()
+            .map(|(path, kind, mode, digest)| {
+                ListedEntry::new(path, *kind, *mode, digest.as_bytes())
+            })
+            .collect()
     }
 
     #[test]
@@ -167,10 +280,10 @@ mod tests {
             ("run.sh", ListedKind::File, 0o644, "cccc"),
         ]);
         let after = listing(&[
+            ("run.sh", ListedKind::File, 0o755, "cccc"),
             ("app", ListedKind::Dir, 0o755, "d2"),
             ("app/main.c", ListedKind::File, 0o644, "aaab"),
             ("app/new.c", ListedKind::File, 0o644, "dddd"),
-            ("run.sh", ListedKind::File, 0o755, "cccc"),
         ]);
         let changes = after.changes_from(&before);
         assert_eq!(changes.modified.first, ["app/main.c", "run.sh"]);
@@ -186,13 +299,13 @@ mod tests {
     #[test]
     fn many_changes_name_the_first_few_and_count_the_rest() {
         let before = ContextListing::default();
-        let mut after = ContextListing::default();
-        for index in 0..10 {
-            after.insert(&format!("f{index}"), ListedKind::File, 0o644, "aa");
-        }
+        let after: ContextListing = (0..10)
+            .map(|index| ListedEntry::new(&format!("f{index}"), ListedKind::File, 0o644, b"aa"))
+            .collect();
         let changes = after.changes_from(&before);
         assert_eq!(changes.added.count, 10);
         assert_eq!(changes.to_string(), "added f0, f1, f2 and 7 more");
+        assert_eq!(before.changes_from(&after).removed.count, 10);
     }
 
     #[test]
@@ -203,18 +316,28 @@ mod tests {
     }
 
     #[test]
-    fn listings_keep_short_digests_and_round_trip_as_json() {
-        let listing = listing(&[(
-            "a",
-            ListedKind::File,
-            0o600,
-            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-        )]);
-        let json = serde_json::to_string(&listing).unwrap();
-        assert_eq!(json, r#"{"a":"f600:0123456789abcdef"}"#);
+    fn a_path_selected_twice_is_listed_once() {
+        let twice = listing(&[
+            ("a", ListedKind::File, 0o644, "aaaa"),
+            ("a", ListedKind::File, 0o644, "aaaa"),
+        ]);
+        assert_eq!(twice.len(), 1);
+    }
+
+    #[test]
+    fn listings_round_trip_through_their_encoding_newlines_in_paths_included() {
+        let listing = listing(&[
+            ("a\nb", ListedKind::File, 0o600, "0123456789abcdef0123"),
+            ("dir", ListedKind::Dir, 0o755, "ignored"),
+            ("link", ListedKind::Symlink, 0o777, "target"),
+        ]);
+        let bytes = listing.encode();
+        assert_eq!(ContextListing::decode(&bytes), Some(listing));
+        assert_eq!(ContextListing::decode(b""), None);
+        assert_eq!(ContextListing::decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(
-            serde_json::from_str::<ContextListing>(&json).unwrap(),
-            listing
+            ContextListing::decode(br#"{"a":"f600:0123456789abcdef"}"#),
+            None
         );
     }
 }

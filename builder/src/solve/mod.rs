@@ -37,7 +37,7 @@ pub use key::{
     CacheKey, Change, ChangeDetail, KeyComponent, KeyExplanation, KeySources,
     looks_like_a_credential,
 };
-pub use listing::{ContextListing, FileChanges, ListedKind, PathSample};
+pub use listing::{ContextListing, FileChanges, ListedEntry, ListedKind, PathSample};
 pub use records::{
     Found, Lookup, MissReason, Position, Record, RecordError, RecordProblem, RecordStore,
     record_references,
@@ -45,6 +45,6 @@ pub use records::{
 pub use remote::{ExportMode, RemoteError, RemoteRecords, cache_content, exported_steps};
 pub use result::{Filesystem, ImageOrigin, LayerRef, Solved, SolvedInput};
 pub use scheduler::{
-    Cancel, ExecError, Executor, Job, OutputStream, ProgressEvent, Solution, SolveError,
-    SolveOptions, SolvedVertex, Solver, VertexError,
+    Cancel, ContextSelection, ExecError, Executor, Job, OutputStream, ProgressEvent, Solution,
+    SolveError, SolveOptions, SolvedVertex, Solver, VertexError,
 };

@@ -411,17 +411,15 @@ impl RecordStore {
         }
         let dir = self.store.records_dir().join(CONTEXTS);
         fs::create_dir_all(&dir).map_err(RecordError::io("create directory", &dir))?;
-        let bytes = serde_json::to_vec(listing)
-            .map_err(|error| RecordError::io("encode listing", &path)(error.into()))?;
         self.store
-            .write_small_file(&path, &bytes, Durability::Advisory)
+            .write_small_file(&path, &listing.encode(), Durability::Advisory)
             .map_err(RecordError::Store)
     }
 
     /// The listing kept for `selection`, if any (an unreadable one only costs an explanation).
     pub fn listing(&self, selection: &Digest) -> Result<Option<ContextListing>, RecordError> {
         Ok(read_if_exists(&self.listing_path(selection))?
-            .and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
+            .and_then(|(bytes, _)| ContextListing::decode(&bytes)))
     }
 
     /// Sharpens the `context files` changes in `changes` into the files that differ between

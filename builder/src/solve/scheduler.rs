@@ -46,18 +46,24 @@ pub trait Executor: Send + Sync + 'static {
     /// must only return once their blobs are in the store (its record is written next).
     fn execute(&self, job: &Job) -> impl Future<Output = Result<Solved, ExecError>> + Send;
 
-    /// The digest of the files `job`'s vertex selects from the build context (one of its
-    /// inputs is [`Solved::Context`]): paths, contents, modes and ownership of what its COPY
-    /// sources or bind mounts name. It enters the vertex's cache key.
-    fn select_context(&self, job: &Job) -> impl Future<Output = Result<Digest, ExecError>> + Send;
-
-    /// What [`select_context`](Self::select_context) digests, path by path. Asked only when
-    /// the vertex misses the cache: it is kept with the selection digest so that a later miss
-    /// can name the files that changed.
-    fn context_listing(
+    /// The files `job`'s vertex selects from the build context (one of its inputs is
+    /// [`Solved::Context`]): what its COPY sources or bind mounts name, digested and listed in
+    /// one pass over the selection.
+    fn select_context(
         &self,
         job: &Job,
-    ) -> impl Future<Output = Result<ContextListing, ExecError>> + Send;
+    ) -> impl Future<Output = Result<ContextSelection, ExecError>> + Send;
+}
+
+/// What a vertex selects from the build context.
+#[derive(Debug, Clone)]
+pub struct ContextSelection {
+    /// Covers paths, contents, modes and ownership of the selected files; it enters the
+    /// vertex's cache key.
+    pub digest: Digest,
+    /// The same files path by path: kept with the digest when the vertex misses, so that a
+    /// later miss can name the files that changed.
+    pub listing: ContextListing,
 }
 
 /// Why an executor did not produce a result.
@@ -536,16 +542,17 @@ impl<E: Executor> Build<E> {
             .inputs
             .iter()
             .any(|input| matches!(*input.result, Solved::Context));
-        let context_files = if reads_context {
+        let selection = if reads_context {
             Some(self.executor.select_context(job).await?)
         } else {
             None
         };
+        let context_files = selection.as_ref().map(|selection| &selection.digest);
         let explanation = KeyExplanation::derive(KeySources {
             definition,
             op: &job.vertex.op,
             inputs: &job.inputs,
-            context_files: context_files.as_ref(),
+            context_files,
             settings: &self.settings,
             input_names,
         });
@@ -580,22 +587,18 @@ impl<E: Executor> Build<E> {
                 }
             }
         }
-        // Explanations are advisory: a listing that cannot be made only leaves them vaguer.
-        let listing = match &context_files {
-            Some(_) => self.executor.context_listing(job).await.ok().map(Arc::new),
-            None => None,
-        };
-        let reason = match (reason, &listing) {
+        let selection = selection.map(Arc::new);
+        let reason = match (reason, &selection) {
             (
                 MissReason::Changed {
                     mut changes,
                     previous_name,
                 },
-                Some(listing),
+                Some(selection),
             ) => {
-                let (records, listing) = (self.records.clone(), Arc::clone(listing));
+                let (records, selection) = (self.records.clone(), Arc::clone(selection));
                 blocking(move || {
-                    records.explain_files(&mut changes, &listing)?;
+                    records.explain_files(&mut changes, &selection.listing)?;
                     Ok(MissReason::Changed {
                         changes,
                         previous_name,
@@ -605,15 +608,24 @@ impl<E: Executor> Build<E> {
             }
             (reason, _) => reason,
         };
-        let (result, started) = self.run(job, Some(key.clone()), reason).await?;
+        // The listing is written while the step runs; it is only waited for afterwards.
+        let listing_written = selection.map(|selection| {
+            let records = self.records.clone();
+            tokio::task::spawn_blocking(move || {
+                records.write_listing(&selection.digest, &selection.listing)
+            })
+        });
+        let ran = self.run(job, Some(key.clone()), reason).await;
+        if let Some(written) = listing_written {
+            written
+                .await
+                .map_err(|error| VertexError::Panicked(error.to_string()))??;
+        }
+        let (result, started) = ran?;
         let records = self.records.clone();
         let record = Record::new(job.vertex.name.clone(), explanation, (*result).clone());
-        let selection = context_files.zip(listing);
         blocking(move || {
             records.write(&record)?;
-            if let Some((digest, listing)) = &selection {
-                records.write_listing(digest, listing)?;
-            }
             records.set_last_key_at(&position, &record.key)
         })
         .await?;

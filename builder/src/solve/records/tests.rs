@@ -7,7 +7,7 @@ use super::*;
 use crate::graph::{BuildGraph, Op};
 use crate::http_source::download_references;
 use crate::solve::key::KeySources;
-use crate::solve::listing::ListedKind;
+use crate::solve::listing::{ListedEntry, ListedKind};
 use crate::solve::result::{Filesystem, LayerRef, SolvedInput};
 use crate::solve::test_support::{exec, stored_layer};
 
@@ -343,9 +343,12 @@ fn concurrent_writers_in_two_processes_never_expose_partial_records() {
 fn context_listings_are_kept_once_per_selection_and_name_changed_files() {
     let (_dir, records) = temp_records();
     let listing = |content: &str| {
-        let mut listing = ContextListing::default();
-        listing.insert("app/main.c", ListedKind::File, 0o644, content);
-        listing
+        ContextListing::from_iter([ListedEntry::new(
+            "app/main.c",
+            ListedKind::File,
+            0o644,
+            content.as_bytes(),
+        )])
     };
     let (v1, v2) = (Digest::of(b"selection v1"), Digest::of(b"selection v2"));
     assert_eq!(records.listing(&v1).unwrap(), None);

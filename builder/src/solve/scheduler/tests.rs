@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::graph::FileAction;
-use crate::solve::listing::ListedKind;
+use crate::solve::listing::{ContextListing, ListedEntry, ListedKind};
 use crate::solve::remote::{ExportMode, cache_content, exported_steps};
 use crate::solve::result::{Filesystem, ImageOrigin};
 use crate::solve::test_support::{copy, exec, stored_layer};
@@ -157,17 +157,21 @@ impl Executor for TestExecutor {
         outcome
     }
 
-    async fn select_context(&self, _job: &Job) -> Result<Digest, ExecError> {
-        tokio::time::sleep(self.selection_delay).await;
-        Ok(self.context.clone())
-    }
-
     /// The context holds one file, `src/main.c`, whose content the context digest stands for.
-    async fn context_listing(&self, _job: &Job) -> Result<ContextListing, ExecError> {
-        let mut listing = ContextListing::default();
-        listing.insert("src", ListedKind::Dir, 0o755, "");
-        listing.insert("src/main.c", ListedKind::File, 0o644, self.context.hex());
-        Ok(listing)
+    async fn select_context(&self, _job: &Job) -> Result<ContextSelection, ExecError> {
+        tokio::time::sleep(self.selection_delay).await;
+        Ok(ContextSelection {
+            digest: self.context.clone(),
+            listing: ContextListing::from_iter([
+                ListedEntry::new("src", ListedKind::Dir, 0o755, b""),
+                ListedEntry::new(
+                    "src/main.c",
+                    ListedKind::File,
+                    0o644,
+                    self.context.hex().as_bytes(),
+                ),
+            ]),
+        })
     }
 }
 
