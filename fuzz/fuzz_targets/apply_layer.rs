@@ -22,6 +22,7 @@ const CANARY: &[u8] = b"must stay as it is";
 const LIMITS: ApplyLimits = ApplyLimits {
     max_entries: 4096,
     max_path_bytes: 4096,
+    max_depth: 64,
     max_expansion_ratio: 64,
     expansion_floor: 1 << 20,
 };
@@ -86,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
             _ => Whiteouts::Literal,
         },
         root_metadata: mode & 16 != 0,
+        strict_paths: mode & 32 != 0,
     };
     let _ = apply_layer(archive, &target, &options);
 
