@@ -72,9 +72,10 @@ fn a_change_reruns_exactly_its_dependents_and_other_branches_still_hit() {
 /// BuildKit keys a COPY --from by the content of the paths it copies, so a source stage that
 /// reran and wrote the same bytes leaves the COPY itself cached. imgb keys it by the source
 /// stage's diffID chain, which needs no walk of the source's files on every build, so the COPY
-/// reruns; it makes the same layer, and keys hold their inputs' content (diffIDs), not their
-/// keys, so every step after it stays cached. The cost is one copy of the selected files; the
-/// image and every later step are the same as BuildKit's.
+/// reruns; when it makes the same layer, keys hold their inputs' content (diffIDs), not their
+/// keys, so every step after it stays cached. The rerun RUN gives `/size` a new mtime, so the
+/// layer is the same only with `SOURCE_DATE_EPOCH` clamping mtimes (without it, whether both
+/// builds fall in the same second decides; BuildKit keeps the first build's file there).
 #[test]
 fn copying_an_unchanged_file_from_a_rerun_stage_reruns_only_the_copy() {
     let Some(root) = shared_root() else { return };
@@ -85,10 +86,11 @@ fn copying_an_unchanged_file_from_a_rerun_stage_reruns_only_the_copy() {
         ),
         &[("input.txt", "abc\n")],
     );
-    context.build_ok(root, &[]);
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    context.build_ok(root, &epoch);
     context.write("input.txt", "xyz\n");
     assert_eq!(
-        rebuild(&context, root, &[]),
+        rebuild(&context, root, &epoch),
         [
             "[measure 1/2] COPY input.txt /input.txt",
             "[measure 2/2] RUN wc -c < /input.txt > /size",
