@@ -244,59 +244,50 @@ impl StoreExecutor {
     }
 }
 
-impl StoreExecutor {
-    /// Calls `visit` with each selection `job`'s vertex makes from the build context, in op
-    /// order: the sources of its COPY actions from the context, the sources of its context
-    /// bind mounts.
-    fn visit_context_selections(
-        &self,
-        job: &Job,
-        mut visit: impl FnMut(Selection<'_>),
-    ) -> Result<(), ExecError> {
-        let context = self
-            .context
-            .as_deref()
-            .ok_or_else(|| failed("the build has no context"))?;
-        let reads_context = |input: usize| {
-            job.inputs
-                .get(input)
-                .is_some_and(|i| matches!(*i.result, Solved::Context))
-        };
-        match &job.vertex.op {
-            Op::File { actions } => {
-                for action in actions {
-                    if let FileAction::Copy {
-                        input,
-                        sources,
-                        exclude,
-                        ..
-                    } = action
-                        && reads_context(*input)
-                    {
-                        let rules = IgnoreRules::from_patterns(exclude).map_err(failed)?;
-                        let filter = (!exclude.is_empty()).then_some(&rules as &dyn PathFilter);
-                        visit(context.select(sources, filter).map_err(failed)?);
-                    }
+/// Calls `visit` with each selection `op` makes from the build context (its inputs for which
+/// `reads_context` holds), in op order: the sources of its COPY actions from the context, the
+/// sources of its context bind mounts.
+fn visit_context_selections(
+    context: &HashedContext,
+    op: &Op,
+    reads_context: &[bool],
+    mut visit: impl FnMut(Selection<'_>),
+) -> Result<(), ExecError> {
+    let reads_context = |input: usize| reads_context.get(input).copied().unwrap_or(false);
+    match op {
+        Op::File { actions } => {
+            for action in actions {
+                if let FileAction::Copy {
+                    input,
+                    sources,
+                    exclude,
+                    ..
+                } = action
+                    && reads_context(*input)
+                {
+                    let rules = IgnoreRules::from_patterns(exclude).map_err(failed)?;
+                    let filter = (!exclude.is_empty()).then_some(&rules as &dyn PathFilter);
+                    visit(context.select(sources, filter).map_err(failed)?);
                 }
             }
-            Op::Exec(exec) => {
-                for mount in &exec.mounts {
-                    if let ExecMount::Bind { input, source, .. } = mount
-                        && reads_context(*input)
-                    {
-                        let source = if source.is_empty() {
-                            "."
-                        } else {
-                            source.as_str()
-                        };
-                        visit(context.select(&[source], None).map_err(failed)?);
-                    }
-                }
-            }
-            _ => {}
         }
-        Ok(())
+        Op::Exec(exec) => {
+            for mount in &exec.mounts {
+                if let ExecMount::Bind { input, source, .. } = mount
+                    && reads_context(*input)
+                {
+                    let source = if source.is_empty() {
+                        "."
+                    } else {
+                        source.as_str()
+                    };
+                    visit(context.select(&[source], None).map_err(failed)?);
+                }
+            }
+        }
+        _ => {}
     }
+    Ok(())
 }
 
 impl Executor for StoreExecutor {
@@ -338,23 +329,39 @@ impl Executor for StoreExecutor {
     }
 
     async fn select_context(&self, job: &Job) -> Result<ContextSelection, ExecError> {
+        let context = self
+            .context
+            .clone()
+            .ok_or_else(|| failed("the build has no context"))?;
+        let reads_context: Vec<bool> = job
+            .inputs
+            .iter()
+            .map(|input| matches!(*input.result, Solved::Context))
+            .collect();
         let mut digests = Vec::new();
-        let mut entries = Vec::new();
-        self.visit_context_selections(job, |selection| {
+        visit_context_selections(&context, &job.vertex.op, &reads_context, |selection| {
             digests.push(selection.digest.hex());
-            entries.extend(selection.entries().map(|entry| {
-                let kind = match entry.kind {
-                    EntryKind::File => ListedKind::File,
-                    EntryKind::Dir => ListedKind::Dir,
-                    EntryKind::Symlink { .. } => ListedKind::Symlink,
-                    EntryKind::Other { .. } => ListedKind::Other,
-                };
-                ListedEntry::new(&entry.path, kind, entry.mode, entry.digest.as_bytes())
-            }));
         })?;
+        let op = job.vertex.op.clone();
         Ok(ContextSelection {
             digest: Digest::of(digests.join("\n").as_bytes()),
-            listing: entries.into_iter().collect(),
+            list: Box::new(move || {
+                let mut entries = Vec::new();
+                visit_context_selections(&context, &op, &reads_context, |selection| {
+                    entries.extend(selection.entries().map(listed_entry));
+                })?;
+                Ok(entries.into_iter().collect())
+            }),
         })
     }
+}
+
+fn listed_entry(entry: &crate::context::Entry) -> ListedEntry {
+    let kind = match entry.kind {
+        EntryKind::File => ListedKind::File,
+        EntryKind::Dir => ListedKind::Dir,
+        EntryKind::Symlink { .. } => ListedKind::Symlink,
+        EntryKind::Other { .. } => ListedKind::Other,
+    };
+    ListedEntry::new(&entry.path, kind, entry.mode, entry.digest.as_bytes())
 }

@@ -45,6 +45,6 @@ pub use records::{
 pub use remote::{ExportMode, RemoteError, RemoteRecords, cache_content, exported_steps};
 pub use result::{Filesystem, ImageOrigin, LayerRef, Solved, SolvedInput};
 pub use scheduler::{
-    Cancel, ContextSelection, ExecError, Executor, Job, OutputStream, ProgressEvent, Solution,
-    SolveError, SolveOptions, SolvedVertex, Solver, VertexError,
+    Cancel, ContextSelection, ExecError, Executor, Job, ListContext, OutputStream, ProgressEvent,
+    Solution, SolveError, SolveOptions, SolvedVertex, Solver, VertexError,
 };

@@ -56,15 +56,26 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 /// What a vertex selects from the build context.
-#[derive(Debug, Clone)]
 pub struct ContextSelection {
     /// Covers paths, contents, modes and ownership of the selected files; it enters the
     /// vertex's cache key.
     pub digest: Digest,
-    /// The same files path by path: kept with the digest when the vertex misses, so that a
-    /// later miss can name the files that changed.
-    pub listing: ContextListing,
+    /// Lists the same files path by path, kept with the digest when the vertex misses so that a
+    /// later miss can name the files that changed. Called only on a miss: a hit never pays for
+    /// a listing of thousands of paths.
+    pub list: ListContext,
 }
+
+impl std::fmt::Debug for ContextSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextSelection")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ContextListing`] on demand (on a blocking thread).
+pub type ListContext = Box<dyn FnOnce() -> Result<ContextListing, ExecError> + Send>;
 
 /// Why an executor did not produce a result.
 #[derive(Debug, thiserror::Error)]
@@ -547,12 +558,15 @@ impl<E: Executor> Build<E> {
         } else {
             None
         };
-        let context_files = selection.as_ref().map(|selection| &selection.digest);
+        let (context_files, list_context) = match selection {
+            Some(selection) => (Some(selection.digest), Some(selection.list)),
+            None => (None, None),
+        };
         let explanation = KeyExplanation::derive(KeySources {
             definition,
             op: &job.vertex.op,
             inputs: &job.inputs,
-            context_files,
+            context_files: context_files.as_ref(),
             settings: &self.settings,
             input_names,
         });
@@ -587,18 +601,25 @@ impl<E: Executor> Build<E> {
                 }
             }
         }
-        let selection = selection.map(Arc::new);
-        let reason = match (reason, &selection) {
+        let listing = match list_context {
+            Some(list) => {
+                Some(Arc::new(tokio::task::spawn_blocking(list).await.map_err(
+                    |error| VertexError::Panicked(error.to_string()),
+                )??))
+            }
+            None => None,
+        };
+        let reason = match (reason, &listing) {
             (
                 MissReason::Changed {
                     mut changes,
                     previous_name,
                 },
-                Some(selection),
+                Some(listing),
             ) => {
-                let (records, selection) = (self.records.clone(), Arc::clone(selection));
+                let (records, listing) = (self.records.clone(), Arc::clone(listing));
                 blocking(move || {
-                    records.explain_files(&mut changes, &selection.listing)?;
+                    records.explain_files(&mut changes, &listing)?;
                     Ok(MissReason::Changed {
                         changes,
                         previous_name,
@@ -609,11 +630,9 @@ impl<E: Executor> Build<E> {
             (reason, _) => reason,
         };
         // The listing is written while the step runs; it is only waited for afterwards.
-        let listing_written = selection.map(|selection| {
+        let listing_written = listing.zip(context_files).map(|(listing, digest)| {
             let records = self.records.clone();
-            tokio::task::spawn_blocking(move || {
-                records.write_listing(&selection.digest, &selection.listing)
-            })
+            tokio::task::spawn_blocking(move || records.write_listing(&digest, &listing))
         });
         let ran = self.run(job, Some(key.clone()), reason).await;
         if let Some(written) = listing_written {

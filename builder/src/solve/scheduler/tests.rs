@@ -160,17 +160,15 @@ impl Executor for TestExecutor {
     /// The context holds one file, `src/main.c`, whose content the context digest stands for.
     async fn select_context(&self, _job: &Job) -> Result<ContextSelection, ExecError> {
         tokio::time::sleep(self.selection_delay).await;
+        let main_c = self.context.hex().to_owned();
         Ok(ContextSelection {
             digest: self.context.clone(),
-            listing: ContextListing::from_iter([
-                ListedEntry::new("src", ListedKind::Dir, 0o755, b""),
-                ListedEntry::new(
-                    "src/main.c",
-                    ListedKind::File,
-                    0o644,
-                    self.context.hex().as_bytes(),
-                ),
-            ]),
+            list: Box::new(move || {
+                Ok(ContextListing::from_iter([
+                    ListedEntry::new("src", ListedKind::Dir, 0o755, b""),
+                    ListedEntry::new("src/main.c", ListedKind::File, 0o644, main_c.as_bytes()),
+                ]))
+            }),
         })
     }
 }
