@@ -117,6 +117,13 @@ for img in b c; do
 done
 rm -rf "$ROOT"
 
+# Floor of case b: its three stages are identical, so imgb and BuildKit both run that RUN once;
+# its command alone, run on the host with busybox's applets, bounds what any builder can reach.
+mkdir -p "$WORK/busybox-bin" && busybox --install -s "$WORK/busybox-bin"
+sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$CASES_DIR/b-multistage/Dockerfile" \
+  | awk '/^RUN /{ sub(/^RUN /, ""); print; exit }' | sed "s#/out#$WORK/floor-out#g" > "$WORK/floor-b.sh"
+hf bare b cold --prepare "rm -rf $WORK/floor-out" -- "env PATH=$WORK/busybox-bin busybox sh -e $WORK/floor-b.sh"
+
 # ---------------------------------------------------------------------------
 # Peers: peers.sh with the same RUNS, its results.tsv appended to ours
 # ---------------------------------------------------------------------------
@@ -167,6 +174,16 @@ awk -F'\t' '
         cell("buildah", c SUBSEP peer_scen("buildah", s)),
         ratio("buildkit", c, s), ratio("buildah", c, s)
     }
+  }
+' "$RESULTS"
+awk -F'\t' '
+  { med[$1 SUBSEP $2 SUBSEP $3] = $4 }
+  END {
+    floor = med["bare" SUBSEP "b" SUBSEP "cold"]
+    if (floor + 0 == 0) exit
+    printf "\ncase b floor (one stage'"'"'s RUN command alone, on the host): %s s;", floor
+    printf " imgb/floor %.3f, BuildKit/floor %.3f\n", med["imgb" SUBSEP "b" SUBSEP "cold"] / floor,
+      med["buildkit" SUBSEP "b" SUBSEP "cold"] / floor
   }
 ' "$RESULTS"
 echo

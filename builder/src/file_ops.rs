@@ -31,12 +31,13 @@ use crate::path_io::{PathIoError, io_error};
 use imgb_cache::{
     ApplyError, ApplyOptions, Below, BelowEntry, Whiteouts, apply_over, is_tar_archive,
 };
-use std::cell::RefCell;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileOpError {
@@ -154,7 +155,7 @@ pub fn apply_file_actions(
                     ids,
                     mode,
                     parents: *parents,
-                    linked: RefCell::default(),
+                    linked: Mutex::default(),
                     unpack_archives: *unpack_archives,
                     shareable: matches!(root, SourceRoot::View(_)),
                 };
@@ -274,7 +275,7 @@ struct CopySpec<'a> {
     parents: bool,
     /// Files with several links already copied by this COPY, by source (device, inode): their
     /// other names become hard links to the first copy, as BuildKit keeps them.
-    linked: RefCell<HashMap<(u64, u64), PathBuf>>,
+    linked: Mutex<HashMap<(u64, u64), PathBuf>>,
     unpack_archives: bool,
     /// The sources are snapshots (another stage or an image), which never change: a file whose
     /// owner and mode stay as they are is linked, not copied.
@@ -451,13 +452,19 @@ impl Writer<'_> {
             let target = self.prepare_parents(&target_path, copy.ids)?;
             if entry.is_dir() {
                 self.copy_item(&item(entry), &target, copy)?;
-                for inner in &selected.contents {
+                // Directories first, in tree order, so that every parent exists; then the
+                // files and links, which are independent of each other, in parallel.
+                let (dirs, leaves): (Vec<_>, Vec<_>) = selected
+                    .contents
+                    .iter()
+                    .filter(|inner| !selected.relative_path(inner).is_empty())
+                    .partition(|inner| inner.is_dir());
+                let copy_inner = |inner: &&crate::context::Entry| {
                     let rel = selected.relative_path(inner);
-                    if rel.is_empty() {
-                        continue;
-                    }
-                    self.copy_item(&item(inner), &target.join(rel), copy)?;
-                }
+                    self.copy_item(&item(inner), &target.join(rel), copy)
+                };
+                dirs.iter().try_for_each(copy_inner)?;
+                leaves.par_iter().try_for_each(copy_inner)?;
                 // Children change their parents' mtimes: restore directories deepest first.
                 for inner in selected
                     .contents
@@ -641,33 +648,21 @@ impl Writer<'_> {
             }
             EntryKind::File => {
                 remove_existing(target)?;
-                let mut source = item.open()?;
+                let source = item.open()?;
                 let meta = source.metadata().map_err(io_error("stat", &item.host))?;
                 if meta.nlink() > 1 {
-                    let mut linked = copy.linked.borrow_mut();
+                    // Held until the first copy exists: another name of the same file, copied
+                    // in parallel, links to it.
+                    let mut linked = copy.linked.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some(first) = linked.get(&(meta.dev(), meta.ino())) {
                         return fs::hard_link(first, target)
                             .map_err(|e| io_error("hard link", target)(e).into());
                     }
+                    copy_file(item, source, &meta, target, copy, owner)?;
                     linked.insert((meta.dev(), meta.ino()), target.to_path_buf());
+                } else {
+                    copy_file(item, source, &meta, target, copy, owner)?;
                 }
-                let mode = copy
-                    .mode
-                    .as_ref()
-                    .map_or(item.mode, |change| change.apply(item.mode, false));
-                // Sharing the snapshot's inode keeps content, mode, owner and mtime; a link
-                // the filesystem refuses (another device, protected_hardlinks) is a copy.
-                if copy.shareable
-                    && (mode, owner) == (meta.mode() & 0o7777, (meta.uid(), meta.gid()))
-                    && fs::hard_link(&item.host, target).is_ok()
-                {
-                    return Ok(());
-                }
-                fs::File::create(target)
-                    .and_then(|mut out| io::copy(&mut source, &mut out))
-                    .map_err(io_error("copy", &item.host))?;
-                set_mode_and_owner(target, mode, owner)?;
-                set_mtime(target, meta.mtime(), meta.mtime_nsec())?;
             }
             EntryKind::Symlink { target: link } => {
                 let meta =
@@ -691,6 +686,34 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Copies the regular file `item` (open as `source`, whose metadata is `meta`) to `target`.
+fn copy_file(
+    item: &Item<'_>,
+    mut source: fs::File,
+    meta: &fs::Metadata,
+    target: &Path,
+    copy: &CopySpec<'_>,
+    owner: (u32, u32),
+) -> Result<(), FileOpError> {
+    let mode = copy
+        .mode
+        .as_ref()
+        .map_or(item.mode, |change| change.apply(item.mode, false));
+    // Sharing the snapshot's inode keeps content, mode, owner and mtime; a link the
+    // filesystem refuses (another device, protected_hardlinks) is a copy.
+    if copy.shareable
+        && (mode, owner) == (meta.mode() & 0o7777, (meta.uid(), meta.gid()))
+        && fs::hard_link(&item.host, target).is_ok()
+    {
+        return Ok(());
+    }
+    fs::File::create(target)
+        .and_then(|mut out| io::copy(&mut source, &mut out))
+        .map_err(io_error("copy", &item.host))?;
+    set_mode_and_owner(target, mode, owner)?;
+    set_mtime(target, meta.mtime(), meta.mtime_nsec())
 }
 
 /// The (matched path, entry with a final symlink followed) pairs one source selects in
