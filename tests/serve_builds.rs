@@ -6,14 +6,15 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
-use support::serve::{TestServer, curl};
+use std::process::{Child, Command, Stdio};
+use support::serve::{
+    TestServer, build, build_command, curl, get_json, start_slow_build, wait_for_state,
+    wait_for_step,
+};
 use support::{busybox_context, imgb, setup, stderr};
 
 const WRITE_TOKEN: &str = "w-5f2b1c0d9e8a7b6c5d4e3f2a1b0c9d8e";
 const READ_TOKEN: &str = "r-5f2b1c0d9e8a7b6c5d4e3f2a1b0c9d8e";
-const EPOCH: &str = "1700000000";
 
 /// A busybox base, a file from the context and a RUN step.
 const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\n\
@@ -46,59 +47,10 @@ fn tokens(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// `imgb --root ROOT build ARGS CONTEXT` with `SOURCE_DATE_EPOCH` set.
-fn build_command(root: &Path, args: &[&str], context: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_imgb"));
-    command
-        .arg("--root")
-        .arg(root)
-        .arg("build")
-        .args(args)
-        .arg(context)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("IMGB_TOKEN");
-    command
-}
-
-fn build(root: &Path, args: &[&str], context: &Path) -> Output {
-    build_command(root, args, context).output().unwrap()
-}
-
 fn metadata_digest(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     value["containerimage.digest"].as_str().unwrap().to_string()
-}
-
-/// `GET PATH` on the server as JSON.
-fn get_json(url: &str, path: &str, token: Option<&str>) -> serde_json::Value {
-    let auth = token.map(|token| format!("Authorization: Bearer {token}"));
-    let mut args = vec![format!("{url}{path}")];
-    if let Some(auth) = auth {
-        args.extend(["-H".to_string(), auth]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (status, body) = curl(&args);
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Waits until the server lists a build in `state`; its id.
-fn wait_for_state(url: &str, state: &str) -> String {
-    for _ in 0..600 {
-        let listing = get_json(url, "/v1/builds", None);
-        let found = listing["builds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|build| build["state"] == state)
-            .map(|build| build["id"].as_str().unwrap().to_string());
-        if let Some(id) = found {
-            return id;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no build reached {state}");
 }
 
 #[test]
@@ -411,21 +363,6 @@ fn host_networking_is_refused_unless_the_server_and_the_client_allow_it() {
     assert!(message.contains("Dockerfile:2"), "{message}");
 }
 
-/// Starts `imgb build --remote URL` of a build whose RUN step sleeps for a minute.
-fn start_slow_build(dir: &Path, busybox: &Path, url: &str) -> Child {
-    let dockerfile =
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n";
-    let context = busybox_context(&dir.join("slow"), busybox, dockerfile);
-    build_command(
-        &dir.join("client"),
-        &["--remote", url, "--progress", "plain"],
-        &context,
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
-}
-
 #[test]
 fn a_cancelled_build_stops_its_steps_and_the_client_fails() {
     let Some((dir, busybox)) = setup() else {
@@ -433,15 +370,10 @@ fn a_cancelled_build_stops_its_steps_and_the_client_fails() {
     };
     let server = TestServer::start(&dir.path().join("server"), &[]);
     let url = server.url(false);
-    let client = start_slow_build(dir.path(), &busybox, &url);
+    let client = start_slow_build(dir.path(), &busybox, &url, 60, &[]);
     let id = wait_for_state(&url, "running");
     // The step is running before it is cancelled.
-    for _ in 0..600 {
-        let (_, events) = curl(&["--max-time", "2", &format!("{url}/v1/builds/{id}/events")]);
-        if events.contains("sleep") && events.contains("\"started\"") {
-            break;
-        }
-    }
+    wait_for_step(&url, &id, "sleep");
     let (status, body) = curl(&["-X", "DELETE", &format!("{url}/v1/builds/{id}")]);
     assert_eq!(status, 202, "{body}");
     let output = client.wait_with_output().unwrap();
@@ -464,7 +396,7 @@ fn a_server_killed_mid_build_fails_its_client_and_builds_again_after_a_restart()
     let root = dir.path().join("server");
     let server = TestServer::start(&root, &[]);
     let url = server.url(false);
-    let client = start_slow_build(dir.path(), &busybox, &url);
+    let client = start_slow_build(dir.path(), &busybox, &url, 61, &[]);
     wait_for_state(&url, "running");
     server.kill();
     let output = client.wait_with_output().unwrap();

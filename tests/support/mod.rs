@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod http;
 pub mod registry;
 pub mod serve;

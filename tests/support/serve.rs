@@ -1,11 +1,15 @@
 //! A real `imgb serve` for tests: started on 127.0.0.1 port 0 (the port is read from its
-//! startup line), killed with SIGKILL when dropped unless stopped first.
+//! startup line), killed with SIGKILL when dropped unless stopped first; and the clients the
+//! build service's tests drive it with (`imgb build --remote`, curl).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
+
+/// The `SOURCE_DATE_EPOCH` remote and local builds share, so their images compare equal.
+pub const EPOCH: &str = "1700000000";
 
 #[derive(Debug)]
 pub struct TestServer {
@@ -157,4 +161,92 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `imgb --root ROOT build ARGS CONTEXT` with `SOURCE_DATE_EPOCH` set and no `IMGB_TOKEN`.
+pub fn build_command(root: &Path, args: &[&str], context: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgb"));
+    command
+        .arg("--root")
+        .arg(root)
+        .arg("build")
+        .args(args)
+        .arg(context)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("IMGB_TOKEN");
+    command
+}
+
+/// [`build_command`], run to completion.
+pub fn build(root: &Path, args: &[&str], context: &Path) -> Output {
+    build_command(root, args, context).output().unwrap()
+}
+
+/// `GET PATH` on the server as JSON (200 expected).
+pub fn get_json(url: &str, path: &str, token: Option<&str>) -> serde_json::Value {
+    let auth = token.map(|token| format!("Authorization: Bearer {token}"));
+    let mut args = vec![format!("{url}{path}")];
+    if let Some(auth) = auth {
+        args.extend(["-H".to_string(), auth]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, body) = curl(&args);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the server lists a build in `state`; its id.
+pub fn wait_for_state(url: &str, state: &str) -> String {
+    for _ in 0..600 {
+        let listing = get_json(url, "/v1/builds", None);
+        let found = listing["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|build| build["state"] == state)
+            .map(|build| build["id"].as_str().unwrap().to_string());
+        if let Some(id) = found {
+            return id;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no build reached {state}");
+}
+
+/// Waits until build `id` has started a step whose name contains `step`.
+pub fn wait_for_step(url: &str, id: &str, step: &str) {
+    for _ in 0..600 {
+        // The stream lasts as long as the build: read what is there so far.
+        let (_, events) = curl(&["--max-time", "2", &format!("{url}/v1/builds/{id}/events")]);
+        if super::ran_steps(&events)
+            .iter()
+            .any(|name| name.contains(step))
+        {
+            return;
+        }
+    }
+    panic!("build {id} never started a step like {step:?}");
+}
+
+/// Starts `imgb build --remote URL ARGS` of a build whose RUN step is `busybox sleep SECONDS`
+/// (a number other tests do not use, to find its process).
+pub fn start_slow_build(
+    dir: &Path,
+    busybox: &Path,
+    url: &str,
+    seconds: u32,
+    args: &[&str],
+) -> Child {
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
+    );
+    let context = super::busybox_context(&dir.join("slow"), busybox, &dockerfile);
+    build_command(
+        &dir.join("client"),
+        &[&["--remote", url, "--progress", "plain"][..], args].concat(),
+        &context,
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
 }
