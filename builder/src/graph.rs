@@ -28,6 +28,23 @@ pub enum Network {
     Host,
 }
 
+/// The sandbox of an exec step (`RUN --security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Security {
+    Sandbox,
+    /// `--security=insecure`: needs the `security.insecure` entitlement where entitlements
+    /// are checked (the build service). The runner has no privileged mode, so such a step
+    /// runs sandboxed like the others.
+    Insecure,
+}
+
+impl Security {
+    fn is_sandbox(&self) -> bool {
+        *self == Security::Sandbox
+    }
+}
+
 /// `uid:gid` for files a step creates or copies; names are resolved by the frontend or, when
 /// they need the image's `/etc/passwd`, at solve time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -139,6 +156,10 @@ pub struct ExecOp {
     /// `user[:group]`, resolved against the root filesystem's passwd/group; empty means root.
     pub user: String,
     pub network: Network,
+    /// Left out of the definition when sandboxed, so the cache keys of ordinary steps stay
+    /// what they were before it was recorded.
+    #[serde(skip_serializing_if = "Security::is_sandbox")]
+    pub security: Security,
     pub mounts: Vec<ExecMount>,
     /// Files written before the command runs and removed after (heredoc scripts), path → data.
     pub inline_files: Vec<(String, String)>,
@@ -336,6 +357,7 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             network: Network::Default,
+            security: Security::Sandbox,
             mounts: Vec::new(),
             inline_files: Vec::new(),
         })

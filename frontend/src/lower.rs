@@ -9,14 +9,15 @@
 use crate::diagnostic::Diagnostic;
 use crate::dispatch::{DispatchedStage, ImageConfig, StageStart, Step};
 use crate::instructions::{
-    CacheSharing as MountSharing, FileMode, Instruction, MountType, NetworkMode, TransferOptions,
+    CacheSharing as MountSharing, FileMode, Instruction, MountType, NetworkMode, SecurityMode,
+    TransferOptions,
 };
 use crate::parser::{chomp_heredoc_content, parse_heredoc_word};
 use crate::plan::{Base, BuildOptions, BuildPlan, Dockerfile};
 use crate::platform::Platform;
 use imgb_builder::graph::{
     BuildGraph, CacheSharing, ExecMount, ExecOp, FileAction, HttpSource, Network, Op, Owner,
-    VertexId,
+    Security, VertexId,
 };
 use imgb_builder::http_source::Checksum;
 use std::collections::BTreeMap;
@@ -215,6 +216,10 @@ fn lower_step(
                     NetworkMode::Default => Network::Default,
                     NetworkMode::None => Network::None,
                     NetworkMode::Host => Network::Host,
+                },
+                security: match run.security {
+                    SecurityMode::Sandbox => Security::Sandbox,
+                    SecurityMode::Insecure => Security::Insecure,
                 },
                 mounts,
                 inline_files,

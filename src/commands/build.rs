@@ -27,7 +27,7 @@ use imgb_cache::{
 };
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
-use imgb_frontend::lower::lower;
+use imgb_frontend::lower::{Lowered, lower};
 use imgb_frontend::plan::BuildPlan;
 use imgb_runner::{InitProgram, Limits, Runner};
 use std::collections::{BTreeMap, HashMap};
@@ -220,6 +220,8 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             source_date_epoch,
             context_stat_cache: true,
             warn: Arc::new(|text: String| eprintln!("{text}")),
+            secrets: Arc::new(parse_secrets(&args.secrets)?),
+            check_graph: None,
         },
         &mut terminal,
     );
@@ -301,7 +303,16 @@ pub struct BuildInputs<'a> {
     /// a directory that lives on, no for a context unpacked for one build.
     pub context_stat_cache: bool,
     pub warn: Warn,
+    /// The values of `RUN --mount=type=secret` by id: read from `--secret` here, received
+    /// with the request by the build service.
+    pub secrets: Arc<BTreeMap<String, Secret>>,
+    /// Vets the lowered graph before anything runs (the build service's entitlements); its
+    /// `Err` fails the build with that message.
+    pub check_graph: Option<&'a GraphCheck<'a>>,
 }
+
+/// A check of a build's lowered graph: [`BuildInputs::check_graph`].
+pub type GraphCheck<'a> = dyn Fn(&Lowered) -> Result<(), String> + Sync + 'a;
 
 /// The image a build stored (and exported, tagged, pushed as asked).
 #[derive(Debug)]
@@ -398,7 +409,6 @@ pub fn execute(
     if args.push && names.is_empty() {
         return Err(anyhow!("--push needs a name to push to: -t REGISTRY/NAME:TAG").into());
     }
-    let secrets = parse_secrets(&args.secrets)?;
     let ssh_agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
     let cache_from = args
         .cache_from
@@ -428,44 +438,14 @@ pub fn execute(
         StoreAccess::Leased(store) => store.clone(),
     };
 
-    let plan = BuildPlan::new(&loaded.dockerfile, &loaded.options)
-        .map_err(|diagnostic| BuildFailure::Reported(render(diagnostic).to_string()))?;
-    // Base configs are read once: lowering needs their environment, the final image their
-    // history and settings.
-    let mut base_configs: HashMap<String, oci::ImageConfig> = HashMap::new();
-    let mut resolve = |reference: &str, platform: &imgb_frontend::platform::Platform| {
-        let local = if args.pull {
-            None
-        } else {
-            match store.find_image(reference) {
-                Ok((_, image)) => Some(Ok(image)),
-                Err(ImageError::NotFound { .. }) => None,
-                Err(error) => Some(Err(error.to_string())),
-            }
-        };
-        let found = local.unwrap_or_else(|| {
-            let parsed = Reference::parse(reference).map_err(|error| error.to_string())?;
-            runtime
-                .block_on(registry.pull_image(&store, &parsed, &oci_platform(platform)))
-                .map_err(|error| format!("pulling it: {error}"))
-        });
-        match found {
-            Ok(image) => {
-                let start = from_oci(&image.config);
-                base_configs.insert(reference.to_string(), image.config);
-                Ok(start)
-            }
-            Err(error) => Err(
-                Diagnostic::error(format!("base image {reference}: {error}")).with_hint(
-                    "imgb looks in its store, then in the image's registry \
-                     (`imgb login`, --registry-ca, --insecure-registry); \
-                     `imgb load -i IMAGE.tar` adds an image offline",
-                ),
-            ),
-        }
-    };
-    let mut lowered = lower(&loaded.dockerfile, &plan, &loaded.options, &mut resolve)
-        .map_err(|diagnostic| BuildFailure::Reported(render(diagnostic).to_string()))?;
+    let LoweredBuild {
+        mut lowered,
+        base_configs,
+    } = lower_build(loaded, args.pull, (&store, &registry), runtime)
+        .map_err(BuildFailure::Reported)?;
+    if let Some(check) = inputs.check_graph {
+        check(&lowered).map_err(BuildFailure::Reported)?;
+    }
     for warning in lowered
         .warnings
         .iter()
@@ -517,7 +497,7 @@ pub fn execute(
         runner: Runner::new(store.tmp_dir(), InitProgram::this_binary("__init"))
             .with_limits(args.limits.limits()),
         source_date_epoch,
-        secrets: Arc::new(secrets),
+        secrets: Arc::clone(&inputs.secrets),
         ssh_agents: Arc::new(ssh_agents),
         registry: registry.clone(),
         remote: remote.clone(),
@@ -813,8 +793,71 @@ pub(crate) fn source_date_epoch(
         .transpose()
 }
 
+/// A Dockerfile lowered to its build graph, with the configs of the base images it read.
+pub struct LoweredBuild {
+    pub lowered: Lowered,
+    /// By reference: the final image takes its base's history and settings from these.
+    pub base_configs: HashMap<String, oci::ImageConfig>,
+}
+
+/// Plans and lowers `loaded`, reading base images from `store`, else (first with `pull`) from
+/// their registry. An error is the Dockerfile's diagnostic with its excerpt.
+pub fn lower_build(
+    loaded: &LoadedDockerfile,
+    pull: bool,
+    (store, registry): (&Store, &Registry),
+    runtime: &tokio::runtime::Handle,
+) -> Result<LoweredBuild, String> {
+    let render = |diagnostic: Diagnostic| {
+        diagnostic
+            .with_source(&loaded.name, &loaded.source)
+            .to_string()
+    };
+    let plan = BuildPlan::new(&loaded.dockerfile, &loaded.options).map_err(render)?;
+    // Base configs are read once: lowering needs their environment, the final image their
+    // history and settings.
+    let mut base_configs: HashMap<String, oci::ImageConfig> = HashMap::new();
+    let mut resolve = |reference: &str, platform: &imgb_frontend::platform::Platform| {
+        let local = if pull {
+            None
+        } else {
+            match store.find_image(reference) {
+                Ok((_, image)) => Some(Ok(image)),
+                Err(ImageError::NotFound { .. }) => None,
+                Err(error) => Some(Err(error.to_string())),
+            }
+        };
+        let found = local.unwrap_or_else(|| {
+            let parsed = Reference::parse(reference).map_err(|error| error.to_string())?;
+            runtime
+                .block_on(registry.pull_image(store, &parsed, &oci_platform(platform)))
+                .map_err(|error| format!("pulling it: {error}"))
+        });
+        match found {
+            Ok(image) => {
+                let start = from_oci(&image.config);
+                base_configs.insert(reference.to_string(), image.config);
+                Ok(start)
+            }
+            Err(error) => Err(
+                Diagnostic::error(format!("base image {reference}: {error}")).with_hint(
+                    "imgb looks in its store, then in the image's registry \
+                     (`imgb login`, --registry-ca, --insecure-registry); \
+                     `imgb load -i IMAGE.tar` adds an image offline",
+                ),
+            ),
+        }
+    };
+    let lowered =
+        lower(&loaded.dockerfile, &plan, &loaded.options, &mut resolve).map_err(render)?;
+    Ok(LoweredBuild {
+        lowered,
+        base_configs,
+    })
+}
+
 /// `--secret id=ID,src=FILE|env=VAR` (also `source=`, `type=file|env`).
-fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Secret>> {
+pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Secret>> {
     let mut secrets = BTreeMap::new();
     for spec in specs {
         let mut id = None;

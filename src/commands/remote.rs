@@ -8,15 +8,20 @@
 //! File outputs (`-o type=oci|docker|tar|local,dest=...`) are written here from the result
 //! stream; `type=image` outputs and `--push` happen on the server.
 //!
+//! Secrets (`--secret`) are read here and sent at the head of the body (see
+//! [`crate::serve::builds::secrets`]), never over plain TCP without `--insecure`; `--ssh` is
+//! refused: the server cannot reach an agent on this machine.
+//!
 //! Credentials: `--token-file F` or `$IMGB_TOKEN`, never a command-line value. Transport:
 //! `unix:///path`, `http://` / `tcp://` / bare `HOST:PORT`, or `https://` (system roots plus
 //! `--remote-ca`). `X-Imgb-Cache-Key` carries a digest of the Dockerfile path and the context
 //! directory, on every request of a build, so a router can send a project's builds to the same
 //! replica (docs/serve.md, docs/scaling.md).
 
-use crate::commands::build::BuildArgs;
+use crate::commands::build::{BuildArgs, parse_secrets};
 use crate::commands::progress::{Built, Explainer, Progress, ProgressMode, Summary, raw_json};
 use crate::serve::builds::request::{BuildRequest, OPTIONS_HEADER};
+use crate::serve::builds::secrets::{self, Secrets};
 use crate::serve::builds::upload::EMPTY_CONTEXT;
 use anyhow::{Context, Result, anyhow, bail};
 use axum::body::{Body, Bytes};
@@ -49,6 +54,10 @@ pub struct RemoteArgs {
     /// A PEM file of CA certificates trusted for an `https://` remote, besides the system's.
     #[arg(long, value_name = "FILE", requires = "remote")]
     pub remote_ca: Option<PathBuf>,
+    /// Send `--secret` values to a plain-TCP (`http://`) remote, readable on the way (the
+    /// server must be started with `--insecure` too).
+    #[arg(long = "insecure", requires = "remote")]
+    pub remote_insecure: bool,
 }
 
 /// Where the server is and how to talk to it.
@@ -138,6 +147,11 @@ impl Remote {
                 exchange(stream, request).await
             }
         }
+    }
+
+    /// Whether what is sent can be read on the way: plain TCP.
+    fn in_the_clear(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Tcp { .. }) && self.tls.is_none()
     }
 
     fn describe(&self) -> String {
@@ -258,8 +272,12 @@ struct LocalOutput {
 
 /// Runs `imgb build` on the server `url`.
 pub fn build(url: &str, args: &BuildArgs) -> Result<ExitCode> {
-    if !args.secrets.is_empty() || !args.ssh.is_empty() {
-        bail!("--secret and --ssh are not sent to a --remote server (yet); build locally");
+    if !args.ssh.is_empty() {
+        bail!(
+            "--ssh cannot be used with --remote: the build runs on the server, which cannot \
+             reach the SSH agent on this machine (imgb serve does not forward agent \
+             connections); build locally, or fetch what needs SSH into the context first"
+        );
     }
     let loaded = match args.frontend.load() {
         Ok(loaded) => loaded,
@@ -270,6 +288,15 @@ pub fn build(url: &str, args: &BuildArgs) -> Result<ExitCode> {
         args.remote.token_file.as_deref(),
         args.remote.remote_ca.as_deref(),
     )?;
+    let secrets = parse_secrets(&args.secrets)?;
+    if !secrets.is_empty() && remote.in_the_clear() && !args.remote.remote_insecure {
+        bail!(
+            "--secret: not sending secrets to {} over plain TCP, where they can be read on the \
+             way; use an https:// or unix:// remote (or, on a network you trust, --insecure \
+             here and on imgb serve)",
+            remote.describe()
+        );
+    }
     let (request, local_output) = request_for(args, &loaded.context)?;
     remote.cache_key = Some(cache_key(&loaded.context, request.file.as_deref())?);
     let filter: Box<dyn PathFilter + Send> = match loaded.ignore.clone() {
@@ -282,10 +309,11 @@ pub fn build(url: &str, args: &BuildArgs) -> Result<ExitCode> {
     let progress = Progress::new(args.progress, Explainer::new(loaded.dockerfile.arg_names()));
     let outcome = runtime.block_on(follow_build(
         &remote,
-        &request,
+        (&request, &secrets),
         (&loaded.context, filter),
         &progress,
     ))?;
+    drop(secrets);
     let Finished::Done { done, summary, id } = outcome else {
         if let Finished::Failed(message) = outcome {
             eprintln!("{message}");
@@ -467,23 +495,39 @@ enum Finished {
     Failed(String),
 }
 
-/// Submits the build, renders its events, and returns how it ended.
-async fn follow_build(
-    remote: &Remote,
-    request: &BuildRequest,
-    (context, filter): (&Path, Box<dyn PathFilter + Send>),
-    progress: &Progress,
-) -> Result<Finished> {
-    let body = context_stream(context.to_owned(), filter);
-    let submit = Request::builder()
+/// `POST /v1/builds` of `request` with `body`, which starts with the secrets line when
+/// `with_secrets`.
+fn submission(request: &BuildRequest, with_secrets: bool, body: Body) -> Result<Request<Body>> {
+    let content_type = if with_secrets {
+        secrets::CONTENT_TYPE
+    } else {
+        "application/x-tar"
+    };
+    Ok(Request::builder()
         .method(Method::POST)
         .uri("/v1/builds")
         .header(OPTIONS_HEADER, serde_json::to_string(request)?)
-        .header(hyper::header::CONTENT_TYPE, "application/x-tar")
-        .body(body)?;
-    let accepted = match remote.call(submit).await {
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(body)?)
+}
+
+/// Submits the build, renders its events, and returns how it ended.
+async fn follow_build(
+    remote: &Remote,
+    (request, secrets): (&BuildRequest, &Secrets),
+    (context, filter): (&Path, Box<dyn PathFilter + Send>),
+    progress: &Progress,
+) -> Result<Finished> {
+    let with_secrets = !secrets.is_empty();
+    let head = if with_secrets {
+        secrets::encode(secrets)
+    } else {
+        Vec::new()
+    };
+    let body = context_stream(head, context.to_owned(), filter);
+    let accepted = match remote.call(submission(request, with_secrets, body)?).await {
         Ok(accepted) => accepted,
-        Err(sending) => return Err(why_refused(remote, request, sending).await),
+        Err(sending) => return Err(why_refused(remote, request, with_secrets, sending).await),
     };
     let accepted: serde_json::Value =
         serde_json::from_slice(&accepted.into_body().collect().await?.to_bytes())
@@ -568,24 +612,17 @@ async fn follow_build(
 }
 
 /// Why a submission failed while the context was being sent. A server refusing a request
-/// (401, 403, bad options) answers before reading the body and closes, which can reach the
-/// client as a broken pipe instead of the answer; the same request with an empty body gets the
-/// answer. When that passes the checks, the context itself was refused (its size) or the
-/// connection broke.
+/// (401, 403, bad options, secrets in the clear) answers before reading the body and closes,
+/// which can reach the client as a broken pipe instead of the answer; the same request with an
+/// empty body gets the answer. When that passes the checks, the context itself was refused
+/// (its size) or the connection broke.
 async fn why_refused(
     remote: &Remote,
     request: &BuildRequest,
+    with_secrets: bool,
     sending: anyhow::Error,
 ) -> anyhow::Error {
-    let Ok(options) = serde_json::to_string(request) else {
-        return sending;
-    };
-    let Ok(probe) = Request::builder()
-        .method(Method::POST)
-        .uri("/v1/builds")
-        .header(OPTIONS_HEADER, options)
-        .body(Body::empty())
-    else {
+    let Ok(probe) = submission(request, with_secrets, Body::empty()) else {
         return sending;
     };
     match remote.call(probe).await {
@@ -597,11 +634,14 @@ async fn why_refused(
     }
 }
 
-/// The context as a tar stream, written on a blocking thread from the walk the context hashing
-/// does (so the `.dockerignore` applies the same way).
-fn context_stream(context: PathBuf, filter: Box<dyn PathFilter + Send>) -> Body {
+/// `head`, then the context as a tar stream, written on a blocking thread from the walk the
+/// context hashing does (so the `.dockerignore` applies the same way).
+fn context_stream(head: Vec<u8>, context: PathBuf, filter: Box<dyn PathFilter + Send>) -> Body {
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
+        if !head.is_empty() && sender.blocking_send(Ok(Bytes::from(head))).is_err() {
+            return;
+        }
         let writer = ChannelWriter(sender.clone());
         if let Err(error) = write_context_tar(&context, filter.as_ref(), writer) {
             let _ = sender.blocking_send(Err(std::io::Error::other(format!(

@@ -5,9 +5,11 @@
 //! Protocol (documented in `docs/api/openapi.yaml`):
 //! - `POST /v1/builds`: the options as JSON in the `X-Imgb-Build-Options` header (see
 //!   [`BuildRequest`]: `imgb build`'s flags, unknown ones refused), the context as the body: a
-//!   tar stream (optionally gzip/zstd). `202` with the build's id once the context is unpacked
-//!   and the Dockerfile parsed; `400` for malformed input (naming the field or tar entry),
-//!   `403` for an entitlement not granted, `413` past `--max-context-size`.
+//!   tar stream (optionally gzip/zstd), after a line of secrets when the content type is
+//!   [`secrets::CONTENT_TYPE`]. `202` with the build's id once the context is unpacked, the
+//!   Dockerfile parsed and lowered (base images resolved); `400` for malformed input (naming
+//!   the field or tar entry), `403` for a step needing an entitlement not granted or secrets
+//!   sent in the clear, `413` past `--max-context-size`.
 //! - `GET /v1/builds/{id}/events`: NDJSON, the `--progress rawjson` events from the first (a
 //!   late reader replays them), plus `queued`, `running`, `warning`, and one last `done`,
 //!   `error` or `cancelled`; the stream ends with the build.
@@ -24,31 +26,39 @@
 //!   builds beyond [`KEPT_FINISHED`]).
 //! - Listings show ids, states, times, names and digests: never options, build arguments or
 //!   errors, which may carry what one client sent and another must not read.
+//! - A build's secrets stay in memory, with its job, until it ends (see [`secrets`]).
+//! - With `--gc-free-below`, the cache is collected before each build starts and after each
+//!   ends, while free space is under the watermark.
 
 mod log;
 pub mod request;
+pub mod secrets;
 pub mod upload;
 
 use crate::check::LoadedDockerfile;
 use crate::commands::build::{
-    BuildFailure, BuildHost, BuildInputs, StoreAccess, execute, source_date_epoch,
+    BuildFailure, BuildHost, BuildInputs, GraphCheck, StoreAccess, execute, lower_build,
+    source_date_epoch,
 };
 use crate::commands::progress::{Built, Explainer, Summary, raw_json};
 use crate::commands::prune::{
     default_options as default_prune_options, parse_duration, parse_size,
 };
+use crate::commands::registry::RegistryArgs;
 use crate::serve::auth::{RequireRead, RequireWrite};
+use crate::serve::listen::Transport;
 use crate::serve::metrics::Metrics;
 pub use crate::serve::metrics::metrics_router;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use imgb_builder::context::{Symlinks, open_beneath};
 use imgb_builder::solve::{Cancel, ProgressEvent};
 use imgb_cache::{PruneOptions, Store};
+use imgb_frontend::lower::Lowered;
 use log::EventLog;
 use request::{BuildRequest, OPTIONS_HEADER, Refusal, ResultKind, check_entitlements};
 use serde_json::json;
@@ -205,6 +215,7 @@ struct Job {
     build: Arc<Build>,
     request: BuildRequest,
     loaded: LoadedDockerfile,
+    secrets: secrets::Secrets,
 }
 
 /// The builds of one server: queue, slots, records, metrics.
@@ -223,6 +234,8 @@ pub struct BuildService {
     metrics: Metrics,
     /// Distinguishes this server's build ids from an earlier run's.
     epoch: u64,
+    /// `imgb serve --insecure`: secrets may come over plain TCP.
+    insecure: bool,
 }
 
 impl std::fmt::Debug for Job {
@@ -232,8 +245,9 @@ impl std::fmt::Debug for Job {
 }
 
 impl BuildService {
-    /// The service for `store` (the server's; each build takes a lease of its own).
-    pub fn new(store: Store, config: &BuildsArgs) -> anyhow::Result<Self> {
+    /// The service for `store` (the server's; each build takes a lease of its own);
+    /// `insecure` accepts secrets over plain TCP.
+    pub fn new(store: Store, config: &BuildsArgs, insecure: bool) -> anyhow::Result<Self> {
         let (queue, jobs) = unbounded_channel();
         let epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -250,6 +264,7 @@ impl BuildService {
             metrics: Metrics::default(),
             epoch,
             config: config.clone(),
+            insecure,
         })
     }
 
@@ -263,6 +278,11 @@ impl BuildService {
         if let Some(jobs) = jobs {
             tokio::spawn(dispatch(Arc::clone(self), jobs));
         }
+    }
+
+    /// The entitlements `--allow` grants.
+    fn allowed(&self) -> BTreeSet<String> {
+        self.config.allow.iter().cloned().collect()
     }
 
     fn builds(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Build>>> {
@@ -321,8 +341,7 @@ impl BuildService {
     fn enqueue(
         self: &Arc<Self>,
         work: PathBuf,
-        request: BuildRequest,
-        loaded: LoadedDockerfile,
+        (request, loaded, secrets): (BuildRequest, LoadedDockerfile, secrets::Secrets),
         result: Option<ResultKind>,
         number: u64,
     ) -> Status {
@@ -352,6 +371,7 @@ impl BuildService {
                 build: Arc::clone(&build),
                 request,
                 loaded,
+                secrets,
             })
             .is_err()
         {
@@ -417,6 +437,12 @@ impl BuildService {
     }
 }
 
+/// [`BuildService::collect_garbage`] on a blocking thread.
+async fn collect_garbage_now(service: &Arc<BuildService>) {
+    let gc = Arc::clone(service);
+    let _ = tokio::task::spawn_blocking(move || gc.collect_garbage()).await;
+}
+
 fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64())
@@ -460,8 +486,7 @@ async fn dispatch(service: Arc<BuildService>, mut jobs: UnboundedReceiver<Job>) 
 /// Runs one build in its slot, with the timeout, and records how it ended.
 async fn run(service: Arc<BuildService>, job: Job, slot: OwnedSemaphorePermit) {
     let build = Arc::clone(&job.build);
-    let gc = Arc::clone(&service);
-    let _ = tokio::task::spawn_blocking(move || gc.collect_garbage()).await;
+    collect_garbage_now(&service).await;
     {
         let mut status = build.status();
         if status.state != BuildState::Queued {
@@ -492,8 +517,9 @@ async fn run(service: Arc<BuildService>, job: Job, slot: OwnedSemaphorePermit) {
         Ok(Err(_)) if timed_out => (
             BuildState::Failed,
             json!({"event": "error", "message": format!(
-                "error: the build ran longer than the server's --build-timeout ({})",
-                timeout.map_or(0, |limit| limit.as_secs())
+                "error: the build ran longer than the server's --build-timeout ({:?}) and was \
+                 cancelled",
+                timeout.unwrap_or_default()
             )}),
         ),
         Ok(Err(_)) if build.cancel.is_cancelled() => {
@@ -514,6 +540,9 @@ async fn run(service: Arc<BuildService>, job: Job, slot: OwnedSemaphorePermit) {
     let _ = std::fs::remove_dir_all(build.work.join("context"));
     service.running.fetch_sub(1, Ordering::SeqCst);
     service.metrics.build_finished(started.elapsed());
+    // In the slot, before the build reads as finished: a client that saw it end sees the space
+    // freed, and the next build starts after it.
+    collect_garbage_now(&service).await;
     // The slot is free before the build reads as finished: a client that saw it finish and
     // submits again never waits for this one.
     drop(slot);
@@ -537,6 +566,7 @@ fn build_in_slot(
         build,
         request,
         loaded,
+        secrets,
     } = job;
     let store = service
         .store
@@ -559,6 +589,12 @@ fn build_in_slot(
         summary: Summary::default(),
     };
     let log_warning = Arc::clone(&build);
+    let allowed = service.allowed();
+    // Lowered again here, the graph that runs is vetted again (a base may have moved).
+    let vet_graph = |lowered: &Lowered| {
+        check_entitlements(lowered, &loaded, &request, &allowed)
+            .map_err(|refusal| format!("error: {}", refusal.message))
+    };
     let built = execute(
         &BuildInputs {
             args: &args,
@@ -573,6 +609,8 @@ fn build_in_slot(
                     .log
                     .push(&json!({"event": "warning", "message": text}));
             }),
+            secrets: Arc::new(secrets),
+            check_graph: Some(&vet_graph as &GraphCheck<'_>),
         },
         &mut relay,
     )
@@ -676,9 +714,10 @@ fn not_found(id: &str) -> Response {
 async fn submit(
     State(service): State<Arc<BuildService>>,
     _: RequireWrite,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     if !service.accepting.load(Ordering::SeqCst) {
         return refusal(Refusal {
             status: 503,
@@ -698,6 +737,21 @@ async fn submit(
         Ok(result) => result,
         Err(error) => return refusal(error),
     };
+    let with_secrets = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == secrets::CONTENT_TYPE.as_bytes());
+    let (secrets, body) = if with_secrets {
+        let transport = parts.extensions.get::<Transport>().copied();
+        if let Err(error) = secrets::check_transport(transport, service.insecure) {
+            return refusal(error);
+        }
+        match secrets::split(body).await {
+            Ok(split) => split,
+            Err(error) => return refusal(error),
+        }
+    } else {
+        (secrets::Secrets::new(), body)
+    };
     let number = service.next_number.fetch_add(1, Ordering::SeqCst);
     let work = service
         .store
@@ -706,7 +760,7 @@ async fn submit(
     let accepted = accept(&service, &work, &request, body).await;
     match accepted {
         Ok(loaded) => {
-            let status = service.enqueue(work, request, loaded, result, number);
+            let status = service.enqueue(work, (request, loaded, secrets), result, number);
             (StatusCode::ACCEPTED, axum::Json(status)).into_response()
         }
         Err(error) => {
@@ -741,16 +795,41 @@ async fn accept(
         })?;
     }
     let frontend = request.frontend_args(&context);
-    let loaded = tokio::task::spawn_blocking(move || frontend.try_load())
-        .await
+    // Messages name files relative to the context, never the server's directories.
+    let hide_context = {
+        let prefix = format!("{}/", context.display());
+        move |text: String| text.replace(&prefix, "")
+    };
+    let store = service
+        .store
+        .leased("serve build check")
         .map_err(|error| Refusal {
             status: 500,
-            message: format!("reading the Dockerfile: {error}"),
-        })?
-        .map_err(|text| Refusal::bad(text.replace(&format!("{}/", context.display()), "")))?;
-    let allowed: BTreeSet<String> = service.config.allow.iter().cloned().collect();
-    check_entitlements(&loaded, request, &allowed)?;
-    Ok(loaded)
+            message: format!("taking a lease on the store: {error}"),
+        })?;
+    let (allowed, checked) = (service.allowed(), request.clone());
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let loaded = frontend
+            .try_load()
+            .map_err(|text| Refusal::bad(hide_context(text)))?;
+        // The graph shows what the Dockerfile text cannot: RUNs from ONBUILD triggers.
+        let registry = RegistryArgs::default().client(Vec::new());
+        let lowered = lower_build(&loaded, checked.pull, (&store, &registry), &runtime)
+            .map_err(|text| Refusal::bad(hide_context(text)))?;
+        check_entitlements(&lowered.lowered, &loaded, &checked, &allowed).map_err(|refusal| {
+            Refusal {
+                message: hide_context(refusal.message),
+                ..refusal
+            }
+        })?;
+        Ok(loaded)
+    })
+    .await
+    .map_err(|error| Refusal {
+        status: 500,
+        message: format!("reading the Dockerfile: {error}"),
+    })?
 }
 
 async fn list(State(service): State<Arc<BuildService>>, _: RequireRead) -> Response {
@@ -902,6 +981,7 @@ mod tests {
                 gc_free_below: None,
                 allow: allow.iter().map(ToString::to_string).collect(),
             },
+            false,
         );
         Arc::new(service.unwrap())
     }
@@ -1035,6 +1115,21 @@ mod tests {
         assert!(
             answer["error"].as_str().unwrap().contains("client"),
             "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn insecure_steps_need_the_security_entitlement() {
+        let dockerfile = b"FROM scratch\nRUN --security=insecure true\n";
+        let body = context_tar(&[("Dockerfile", None, dockerfile)]);
+        let root = tempfile::tempdir().unwrap();
+        let open = service(root.path(), &["network.host"]);
+        let (status, answer) = submit(&open, r#"{"allow":["network.host"]}"#, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains("Dockerfile:2") && message.contains("--allow security.insecure"),
+            "{message}"
         );
     }
 

@@ -9,6 +9,8 @@
 //!   [`HEADER_READ_TIMEOUT`] and fit [`MAX_HEADER_BYTES`] (hyper answers 431 otherwise).
 //! - Shutdown stops accepting at once; connections already open finish through hyper's graceful
 //!   shutdown, which the caller awaits.
+//! - Every request carries its connection's [`Transport`] as an extension, so handlers can
+//!   refuse what must not travel in the clear (build secrets).
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
@@ -38,6 +40,16 @@ const MAX_HEADERS: usize = 100;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client has to complete a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a request reached the server (a request extension set per connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A unix socket: local, guarded by file permissions.
+    Unix,
+    /// Plain TCP: readable by anyone on the path.
+    Tcp,
+    Tls,
+}
 
 /// One `--listen` address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +290,10 @@ pub async fn accept_loop(
                 spawn_connection(stream, &serving.app, serving.tls.clone(), watcher());
             }
             // File permissions guard a unix socket; TLS is for the network.
-            Ok(Connection::Unix(stream)) => spawn_connection(stream, &serving.app, None, watcher()),
+            Ok(Connection::Unix(stream)) => {
+                let app = with_transport(&serving.app, Transport::Unix);
+                tokio::spawn(serve_connection(stream, app, watcher()));
+            }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 super::log(format_args!(
@@ -303,11 +318,23 @@ async fn accept(listener: &Listener) -> std::io::Result<Connection> {
     }
 }
 
-fn spawn_connection<S>(stream: S, app: &Router, tls: Option<TlsAcceptor>, watcher: Watcher)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let app = app.clone();
+/// `app` with every request marked as having come over `transport`.
+fn with_transport(app: &Router, transport: Transport) -> Router {
+    app.clone().layer(axum::Extension(transport))
+}
+
+fn spawn_connection(
+    stream: tokio::net::TcpStream,
+    app: &Router,
+    tls: Option<TlsAcceptor>,
+    watcher: Watcher,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let app = with_transport(app, transport);
     tokio::spawn(async move {
         match tls {
             None => serve_connection(stream, app, watcher).await,

@@ -65,7 +65,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 
-    /// Allow a TCP listener reachable from other hosts without TLS or tokens.
+    /// Allow a TCP listener reachable from other hosts without TLS or tokens, and build
+    /// secrets sent over plain TCP (`imgb build --remote --insecure --secret ...`).
     #[arg(long)]
     insecure: bool,
 
@@ -121,7 +122,11 @@ pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
         registry_store,
         args.max_blob_size,
     ));
-    let service = Arc::new(builds::BuildService::new(store, &args.builds)?);
+    let service = Arc::new(builds::BuildService::new(
+        store,
+        &args.builds,
+        args.insecure,
+    )?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

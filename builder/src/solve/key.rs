@@ -41,7 +41,7 @@ use std::fmt;
 use imgb_cache::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{ExecOp, FileAction, Op};
+use crate::graph::{ExecOp, FileAction, Op, Security};
 use crate::solve::listing::FileChanges;
 use crate::solve::result::{Solved, SolvedInput};
 
@@ -404,6 +404,9 @@ fn exec_parts(exec: &ExecOp) -> Vec<KeyComponent> {
     parts.push(KeyComponent::digest_of("working directory", &exec.cwd));
     parts.push(KeyComponent::digest_of("user", &exec.user));
     parts.push(KeyComponent::digest_of("network", &exec.network));
+    if exec.security == Security::Insecure {
+        parts.push(KeyComponent::digest_of("security", &exec.security));
+    }
     for mount in &exec.mounts {
         parts.push(KeyComponent::digest_of(
             format!("mount {}", mount.target()),

@@ -3,7 +3,7 @@
 use imgb_cache::oci::{Descriptor, media_type};
 use imgb_cache::{Digest, Store};
 
-use crate::graph::{ExecOp, FileAction, Network, Op};
+use crate::graph::{ExecOp, FileAction, Network, Op, Security};
 use crate::solve::result::LayerRef;
 
 /// `sh -c COMMAND` with `env` (`KEY=value` entries).
@@ -14,6 +14,7 @@ pub fn exec(command: &str, env: &[&str]) -> Op {
         cwd: "/".into(),
         user: String::new(),
         network: Network::Default,
+        security: Security::Sandbox,
         mounts: Vec::new(),
         inline_files: Vec::new(),
     })

@@ -4,8 +4,9 @@
 //! Invariants: nothing in a request names a path or reads a variable on the server. The
 //! Dockerfile is a path inside the uploaded context; build arguments carry their values;
 //! `type=local` caches (server directories) are refused; a file output names no `dest=` (the
-//! server keeps the archive for `GET /v1/builds/{id}/result`). Privileged RUN options need the
-//! entitlement both in the request's `allow` and in the server's `--allow`.
+//! server keeps the archive for `GET /v1/builds/{id}/result`). Privileged steps of the lowered
+//! graph (base images' ONBUILD triggers included) need the entitlement both in the request's
+//! `allow` and in the server's `--allow`.
 
 use crate::check::{FrontendArgs, LoadedDockerfile};
 use crate::commands::build::{BuildArgs, RunLimitArgs};
@@ -13,9 +14,10 @@ use crate::commands::cache_opts::{CacheDestination, parse_cache_from, parse_cach
 use crate::commands::progress::ProgressMode;
 use crate::commands::registry::RegistryArgs;
 use crate::commands::remote::RemoteArgs;
+use imgb_builder::graph::{Network, Op, Security, VertexId};
 use imgb_cache::build_cache::CacheLocation;
 use imgb_cache::{OutputKind, OutputSpec};
-use imgb_frontend::instructions::{Instruction, NetworkMode, SecurityMode};
+use imgb_frontend::lower::Lowered;
 use imgb_runner::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -239,26 +241,22 @@ fn refuse_server_directory(
     }
 }
 
-/// The entitlements the Dockerfile's RUN steps need that are not granted by both the server
-/// (`server_allows`) and the request; `Err` names the first with its line.
+/// Refuses a build whose lowered graph has a step needing an entitlement that the server
+/// (`server_allows`) and the request do not both grant. Every exec vertex is checked, so a RUN
+/// a base image's ONBUILD trigger brings in is too; the error names the step and its line.
 pub fn check_entitlements(
+    lowered: &Lowered,
     loaded: &LoadedDockerfile,
     request: &BuildRequest,
     server_allows: &BTreeSet<String>,
 ) -> Result<(), Refusal> {
-    let runs = loaded
-        .dockerfile
-        .stages
-        .iter()
-        .flat_map(|stage| &stage.instructions)
-        .filter_map(|instruction| match instruction {
-            Instruction::Run(run) => Some(run),
-            _ => None,
-        });
-    for run in runs {
+    for (id, vertex) in lowered.graph.vertices() {
+        let Op::Exec(exec) = &vertex.op else {
+            continue;
+        };
         let needed = [
-            (run.network == NetworkMode::Host).then_some("network.host"),
-            (run.security == SecurityMode::Insecure).then_some("security.insecure"),
+            (exec.network == Network::Host).then_some("network.host"),
+            (exec.security == Security::Insecure).then_some("security.insecure"),
         ];
         for entitlement in needed.into_iter().flatten() {
             let by_server = server_allows.contains(entitlement);
@@ -270,17 +268,51 @@ pub fn check_entitlements(
                 (false, _) => format!("the server must be started with --allow {entitlement}"),
                 _ => format!("the client must pass --allow {entitlement}"),
             };
+            let (location, trigger) = step_source(lowered, loaded, id);
             return Err(Refusal {
                 status: 403,
                 message: format!(
-                    "{}:{}: `{}` needs the entitlement {entitlement}, which is not granted; \
-                     hint: {hint}",
-                    loaded.name, run.origin.start_line, run.origin.code
+                    "{location}step `{}`{trigger} needs the entitlement {entitlement}, which is \
+                     not granted; hint: {hint}",
+                    vertex.name
                 ),
             });
         }
     }
     Ok(())
+}
+
+/// Where the step that made vertex `id` comes from: `Dockerfile:LINE: `, and a note when it
+/// is a base image's ONBUILD trigger (located at its stage's FROM line, where no other step
+/// can be).
+fn step_source(
+    lowered: &Lowered,
+    loaded: &LoadedDockerfile,
+    id: VertexId,
+) -> (String, &'static str) {
+    let found = lowered.stages.values().find_map(|stage| {
+        let position = stage.steps.iter().position(|step| *step == id)?;
+        let origin = stage.dispatched.steps.get(position)?.instruction.origin();
+        let from_line = loaded
+            .dockerfile
+            .stages
+            .get(stage.index)?
+            .from
+            .origin
+            .start_line;
+        Some((origin.start_line, origin.start_line == from_line))
+    });
+    match found {
+        Some((line, triggered)) => (
+            format!("{}:{line}: ", loaded.name),
+            if triggered {
+                " (an ONBUILD trigger of the base image this FROM names)"
+            } else {
+                ""
+            },
+        ),
+        None => (String::new(), ""),
+    }
 }
 
 #[cfg(test)]
