@@ -183,6 +183,7 @@ fn an_onbuild_trigger_needing_host_networking_is_refused_naming_the_step() {
     let denied = build(&client, &["--remote", &url], &child);
     assert!(!denied.status.success());
     let message = stderr(&denied);
+    assert!(!message.contains("sending the build context"), "{message}");
     for needle in [
         "403",
         "Dockerfile:1",

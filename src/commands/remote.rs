@@ -166,14 +166,18 @@ impl Remote {
 
     /// Sends `request`; a non-success answer becomes an error with the server's message.
     async fn call(&self, request: Request<Body>) -> Result<Response<Incoming>> {
-        let response = self.send(request).await?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Err(anyhow!("{}", server_message(status, &body)))
+        answered(self.send(request).await?).await
     }
+}
+
+/// A success response as it is; any other becomes an error with the server's message.
+async fn answered(response: Response<Incoming>) -> Result<Response<Incoming>> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Err(anyhow!("{}", server_message(status, &body)))
 }
 
 /// The `error` of a JSON error body, else the body, with the status.
@@ -525,10 +529,12 @@ async fn follow_build(
         Vec::new()
     };
     let body = context_stream(head, context.to_owned(), filter);
-    let accepted = match remote.call(submission(request, with_secrets, body)?).await {
-        Ok(accepted) => accepted,
+    // Only a failure to send needs the probe: an answer says why itself.
+    let answer = match remote.send(submission(request, with_secrets, body)?).await {
+        Ok(answer) => answer,
         Err(sending) => return Err(why_refused(remote, request, with_secrets, sending).await),
     };
+    let accepted = answered(answer).await?;
     let accepted: serde_json::Value =
         serde_json::from_slice(&accepted.into_body().collect().await?.to_bytes())
             .context("the server's answer to the submission")?;
