@@ -137,6 +137,21 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// A writer continuing content whose first part is `existing`: those bytes are hashed
+    /// and counted, not written.
+    pub fn after(inner: W, mut existing: impl io::Read) -> io::Result<Self> {
+        let mut writer = Self::new(inner);
+        let mut buffer = vec![0; 256 * 1024];
+        loop {
+            let read = existing.read(&mut buffer)?;
+            let Some(bytes) = buffer.get(..read).filter(|bytes| !bytes.is_empty()) else {
+                return Ok(writer);
+            };
+            writer.hasher.update(bytes);
+            writer.written += read as u64;
+        }
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written

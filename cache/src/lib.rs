@@ -22,6 +22,7 @@
 //! - [`image`]: images in the store (manifest + config + layers, named).
 //! - [`import`]: OCI layout and docker-archive tars → the store, verified.
 //! - [`registry`]: the OCI distribution client (pull, push, auth, login).
+//! - [`registry_index`]: the tags and manifests `imgb serve`'s registry keeps in a store.
 //! - [`lease`]: what running processes use, kept from [`prune`], which removes build cache.
 //! - [`output`] and [`mod@export`]: the `-o type=...` syntax and the exporters.
 //! - [`build_cache`]: the `--cache-to`/`--cache-from` exchange format and its locations.
@@ -65,6 +66,7 @@ pub mod output;
 pub mod prune;
 pub mod reference;
 pub mod registry;
+pub mod registry_index;
 pub mod root;
 pub mod snapshot;
 pub mod store;

@@ -3,7 +3,9 @@
 //! Roots and references: image names → manifest → config and layer blobs, and the layers'
 //! snapshots (by diffID); cache records → what their results name ([`RecordRef`], supplied by
 //! the builder, which owns the record format); live leases → whatever they name (see
-//! [`crate::lease`]). Named images always stay whole (`imgb rm` removes names).
+//! [`crate::lease`]); `imgb serve`'s registry tags → manifests → what they reference
+//! ([`crate::registry_index`]). Named images and tagged registry content always stay whole
+//! (`imgb rm` removes names; a registry tag stays until it is pushed over).
 //!
 //! What goes:
 //! - by default, records whose results are not wholly part of a named image (build cache
@@ -192,6 +194,7 @@ impl Plan {
         let mut kept: HashSet<Resource> = leases.protected.clone();
         let in_images = image_resources(store)?;
         kept.extend(in_images.iter().cloned());
+        kept.extend(crate::registry_index::tagged_resources(store)?);
 
         let mut plan = Plan::default();
         // Records that may go, with what they reference.

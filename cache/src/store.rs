@@ -11,6 +11,7 @@
 //! mounts/              RUN --mount=type=cache volumes
 //! compressed/          <diffID hex>.<compression> -> descriptor of that layer's compressed blob
 //! leases/              what running processes use, kept from prune (see [`crate::lease`])
+//! registry/            `imgb serve`'s tags, manifests and uploads ([`crate::registry_index`])
 //! tmp/                 staging area; same filesystem, so renames out of it are atomic
 //! ```
 //!
@@ -241,6 +242,21 @@ impl Store {
         Ok(BlobWriter {
             store: self.clone(),
             out: HashingWriter::new(BufWriter::with_capacity(BLOB_BUFFER, tmp)),
+        })
+    }
+
+    /// A blob writer staging into `path` (on the store's filesystem, outside `tmp/`) after
+    /// what `path` already holds, which is hashed first: an upload that outlives its process
+    /// goes on where its bytes end. Unlike [`blob_writer`](Self::blob_writer)'s staged file,
+    /// this one stays when the writer is dropped; committing moves it into place.
+    pub fn resume_blob_writer(&self, path: &Path) -> Result<BlobWriter, StoreError> {
+        let staged = TmpFile::resumable(path)?;
+        let existing = File::open(path).map_err(StoreError::io("open", path))?;
+        let out = HashingWriter::after(BufWriter::with_capacity(BLOB_BUFFER, staged), existing)
+            .map_err(StoreError::io("read", path))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            out,
         })
     }
 
@@ -612,7 +628,6 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
     fs::remove_dir(path)
 }
 
-/// A file being staged in `tmp/`; removed on drop unless persisted.
 /// How far [`Store::write_small_file`] goes to keep a file across a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -622,10 +637,13 @@ pub enum Durability {
     Advisory,
 }
 
+/// A file being staged in `tmp/`, removed on drop unless persisted; or a resumable upload's
+/// file, which drop leaves.
 #[derive(Debug)]
 pub(crate) struct TmpFile {
     file: File,
     path: PathBuf,
+    /// Whether drop leaves the file.
     persisted: bool,
 }
 
@@ -646,6 +664,20 @@ impl TmpFile {
                 Err(error) => return Err(StoreError::io("create temporary file", path)(error)),
             }
         }
+    }
+
+    /// Opens `path` for appending, creating it if missing; drop leaves it.
+    fn resumable(path: &Path) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(StoreError::io("open for appending", path))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            persisted: true,
+        })
     }
 
     /// fsync, rename to `dest`, fsync `dest`'s directory.
@@ -710,6 +742,26 @@ mod tests {
             assert!(store.root().join(sub).is_dir(), "{sub}");
         }
         Store::open(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_resumed_blob_writer_continues_the_file_a_dropped_one_left() {
+        let (dir, store) = store();
+        let path = dir.path().join("upload");
+        let mut first = store.resume_blob_writer(&path).unwrap();
+        first.write_all(b"hello ").unwrap();
+        first.flush().unwrap();
+        drop(first);
+        assert_eq!(fs::read(&path).unwrap(), b"hello ");
+        let mut resumed = store.resume_blob_writer(&path).unwrap();
+        assert_eq!(resumed.written(), 6);
+        resumed.write_all(b"world").unwrap();
+        let info = resumed
+            .commit_expected(&Digest::of(b"hello world"))
+            .unwrap();
+        assert_eq!(info.size, 11);
+        assert!(!path.exists());
+        assert_eq!(store.read_blob(&info.digest).unwrap(), b"hello world");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::store::Store;
 
 /// The kinds of content the state directory holds, in the order `imgb du` lists them.
-pub const KINDS: [(&str, &str); 8] = [
+pub const KINDS: [(&str, &str); 9] = [
     ("blobs", "blobs/sha256"),
     ("snapshots", "snapshots"),
     ("cache records", "records"),
@@ -19,6 +19,8 @@ pub const KINDS: [(&str, &str); 8] = [
     ("blob sources", "images/sources"),
     ("context stat caches", "contexts"),
     ("cache mounts", "mounts"),
+    // `imgb serve`'s open uploads: not cache, removed by the server once idle.
+    ("registry uploads", "registry/uploads"),
     ("temporary", "tmp"),
 ];
 

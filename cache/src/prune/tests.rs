@@ -483,3 +483,72 @@ fn blob_sources_stay_while_a_named_image_or_a_lease_names_the_blob() {
     assert!(fixture.store.blob_source(&leased).is_some());
     assert!(fixture.store.blob_source(&unnamed).is_none());
 }
+
+/// Stores `document` as a registry manifest of `media_type` (as `imgb serve` does); returns
+/// its digest.
+fn registry_manifest(store: &Store, media_type: &str, document: serde_json::Value) -> Digest {
+    let digest = store
+        .write_blob(document.to_string().as_bytes())
+        .unwrap()
+        .digest;
+    let index = crate::registry_index::RegistryIndex::of(store);
+    let path = index.media_type_path(&digest);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, media_type).unwrap();
+    digest
+}
+
+fn tag(store: &Store, name: &str, tag: &str, digest: &Digest) {
+    let path = crate::registry_index::RegistryIndex::of(store).tag_path(name, tag);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, digest.as_str()).unwrap();
+}
+
+#[test]
+fn registry_tags_keep_their_manifests_and_everything_they_reference() {
+    let fixture = Fixture::new();
+    let store = &fixture.store;
+    let descriptor = |bytes: &[u8], media_type: &str| {
+        let info = store.write_blob(bytes).unwrap();
+        serde_json::json!({ "mediaType": media_type, "digest": info.digest, "size": info.size })
+    };
+    let image = |seed: &str| {
+        serde_json::json!({
+            "schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+            "config": descriptor(format!("config {seed}").as_bytes(), media_type::OCI_CONFIG),
+            "layers": [descriptor(format!("layer {seed}").as_bytes(), media_type::OCI_LAYER)]
+        })
+    };
+    let cache = registry_manifest(store, media_type::OCI_MANIFEST, image("cache"));
+    let child = registry_manifest(store, media_type::OCI_MANIFEST, image("child"));
+    let child_size = store.read_blob(&child).unwrap().len();
+    let index = registry_manifest(
+        store,
+        media_type::OCI_INDEX,
+        serde_json::json!({ "schemaVersion": 2, "mediaType": media_type::OCI_INDEX,
+            "manifests": [{ "mediaType": media_type::OCI_MANIFEST, "digest": child,
+                            "size": child_size }] }),
+    );
+    let untagged = registry_manifest(store, media_type::OCI_MANIFEST, image("untagged"));
+    tag(store, "team/cache", "main", &cache);
+    tag(store, "team/multi", "v1", &index);
+    let kept_before = store.list_blobs().unwrap();
+
+    let report = fixture.prune(&PruneOptions {
+        all: true,
+        ..options()
+    });
+
+    // The untagged manifest, its config and its layer go; everything tagged stays.
+    assert_eq!(removed_ids(&report, "blobs").len(), 3, "{report:?}");
+    assert!(!store.has_blob(&untagged));
+    for digest in [&cache, &index, &child] {
+        assert!(store.has_blob(digest), "{digest}");
+    }
+    assert_eq!(store.list_blobs().unwrap().len(), kept_before.len() - 3);
+    // A tag moved elsewhere releases what it named.
+    tag(store, "team/cache", "main", &index);
+    let report = fixture.prune(&options());
+    assert_eq!(removed_ids(&report, "blobs").len(), 3, "{report:?}");
+    assert!(!store.has_blob(&cache));
+}

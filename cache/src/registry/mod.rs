@@ -39,7 +39,7 @@ use crate::reference::Reference;
 use crate::store::{Store, StoreError, TmpFile};
 
 pub use auth::{AuthError, CredentialSources, Credentials};
-pub use pull::{Manifest, ManifestDocument};
+pub use pull::{Manifest, ManifestDocument, parse_manifest};
 pub use push::{BlobPush, PushedImage};
 
 /// Where Docker keeps per-registry CA certificates (`<dir>/<host[:port]>/*.crt`).

@@ -35,6 +35,20 @@ pub enum ManifestDocument {
     Image(Box<ImageManifest>),
 }
 
+impl ManifestDocument {
+    /// What the document names: an index's manifests, or an image manifest's config and
+    /// layers (blobs). A manifest's `subject` is not included: it may name what a registry
+    /// never held.
+    pub fn references(&self) -> Vec<&Descriptor> {
+        match self {
+            Self::Index(index) => index.manifests.iter().collect(),
+            Self::Image(manifest) => std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .collect(),
+        }
+    }
+}
+
 impl Repository {
     /// Token scopes for this repository.
     pub(super) fn scopes(&self, push: bool) -> Vec<String> {
@@ -341,7 +355,7 @@ async fn read_manifest(
 
 /// Parses a manifest, refusing documents that are ambiguous (both an index and an image
 /// manifest) or whose declared media type contradicts the one it was served with.
-pub(super) fn parse_manifest(
+pub fn parse_manifest(
     reference: &str,
     bytes: &[u8],
     content_type: Option<&str>,
@@ -400,7 +414,55 @@ pub(super) fn parse_manifest(
              manifests and indexes)"
         )));
     };
+    check_schema(&document).map_err(bad)?;
     Ok((media_type.to_owned(), document))
+}
+
+/// The OCI schemas' rules that typing alone does not enforce: schema version 2 and media types
+/// of the RFC 6838 form `type/subtype`. (Their `layers` `minItems: 1` is not enforced: images
+/// of only metadata have no layers, and registries accept them.)
+fn check_schema(document: &ManifestDocument) -> Result<(), String> {
+    let (version, own_types) = match document {
+        ManifestDocument::Index(index) => (index.schema_version, vec![&index.media_type]),
+        ManifestDocument::Image(manifest) => (
+            manifest.schema_version,
+            vec![&manifest.media_type, &manifest.artifact_type],
+        ),
+    };
+    if version != 2 {
+        return Err(format!("schemaVersion is {version}, not 2"));
+    }
+    let descriptor_types = document.references().into_iter().flat_map(|descriptor| {
+        [
+            Some(&descriptor.media_type),
+            descriptor.artifact_type.as_ref(),
+        ]
+    });
+    let invalid = own_types
+        .into_iter()
+        .flatten()
+        .chain(descriptor_types.flatten())
+        .find(|media_type| !valid_media_type(media_type));
+    match invalid {
+        Some(media_type) => Err(format!(
+            "{media_type:?} is not a media type (`type/subtype`)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`
+fn valid_media_type(text: &str) -> bool {
+    let part = |part: &str| {
+        let bytes = part.as_bytes();
+        bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.len() <= 127
+            && bytes
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&c))
+    };
+    text.split_once('/')
+        .is_some_and(|(kind, subtype)| part(kind) && part(subtype))
 }
 
 /// The image manifest of `index` for `platform`.
@@ -489,5 +551,31 @@ mod tests {
             error.to_string().contains("unsupported media type"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn manifests_breaking_the_oci_schema_are_refused() {
+        let manifest = |version: u32, layer_type: &str| {
+            serde_json::json!({
+                "schemaVersion": version, "mediaType": media_type::OCI_MANIFEST,
+                "config": { "mediaType": media_type::OCI_CONFIG,
+                            "digest": Digest::of(b"{}"), "size": 2 },
+                "layers": [{ "mediaType": layer_type, "digest": Digest::of(b""), "size": 0 }]
+            })
+            .to_string()
+        };
+        let good = manifest(2, media_type::OCI_LAYER_GZIP);
+        let (_, document) = parse_manifest("r", good.as_bytes(), None).unwrap();
+        assert_eq!(document.references().len(), 2);
+        for (bad, expected) in [
+            (manifest(3, media_type::OCI_LAYER), "schemaVersion is 3"),
+            (manifest(2, "tar"), "\"tar\" is not a media type"),
+            (manifest(2, "a/b c"), "is not a media type"),
+        ] {
+            let error = parse_manifest("r", bad.as_bytes(), None).unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        let no_size = br#"{"schemaVersion":2,"manifests":[{"mediaType":"a/b","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}]}"#;
+        assert!(parse_manifest("r", no_size, None).is_err());
     }
 }
