@@ -16,6 +16,7 @@ use support::serve::TestServer;
 const WRITE_TOKEN: &str = "w-cache-0123456789abcdef0123456789ab";
 const READ_TOKEN: &str = "r-cache-0123456789abcdef0123456789ab";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 fn token_file(dir: &Path) -> PathBuf {
     let path = dir.join("tokens");
@@ -103,6 +104,16 @@ fn parse_answer(text: &str) -> Answer {
     }
 }
 
+fn get_with_read_token(server: &TestServer, path: &str) -> Answer {
+    http(server, "GET", path, Some(READ_TOKEN), &[], b"")
+}
+
+/// Asserts that `answer` is an error of `status` with the distribution error `code`.
+fn assert_refused(answer: &Answer, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert!(answer.body.contains(code), "{}", answer.body);
+}
+
 fn digest_of(bytes: &[u8]) -> String {
     imgb_cache::Digest::of(bytes).as_str().to_string()
 }
@@ -119,26 +130,43 @@ fn push_blob(server: &TestServer, repo: &str, bytes: &[u8]) -> Answer {
     )
 }
 
-/// Pushes a minimal image (config `{}`, no layers) to `repo:tag`; returns the manifest digest.
-fn push_minimal_image(server: &TestServer, repo: &str, tag: &str) -> String {
-    let config = b"{}";
-    assert_eq!(push_blob(server, repo, config).status, 201);
-    let manifest = serde_json::json!({
+const MINIMAL_CONFIG: &[u8] = b"{}";
+
+/// The manifest of an image of config `{}` and no layers.
+fn minimal_manifest() -> String {
+    serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": digest_of(config), "size": config.len() },
+                    "digest": digest_of(MINIMAL_CONFIG), "size": MINIMAL_CONFIG.len() },
         "layers": []
     })
-    .to_string();
-    let answer = http(
+    .to_string()
+}
+
+/// `PUT` of `manifest` as `repo:reference` with `content_type`.
+fn put_manifest(
+    server: &TestServer,
+    repo: &str,
+    reference: &str,
+    content_type: &str,
+    manifest: &str,
+) -> Answer {
+    http(
         server,
         "PUT",
-        &format!("/v2/{repo}/manifests/{tag}"),
+        &format!("/v2/{repo}/manifests/{reference}"),
         Some(WRITE_TOKEN),
-        &[("Content-Type", OCI_MANIFEST)],
+        &[("Content-Type", content_type)],
         manifest.as_bytes(),
-    );
+    )
+}
+
+/// Pushes the minimal image to `repo:reference` (a tag or its digest); returns its digest.
+fn push_minimal_image(server: &TestServer, repo: &str, reference: &str) -> String {
+    assert_eq!(push_blob(server, repo, MINIMAL_CONFIG).status, 201);
+    let manifest = minimal_manifest();
+    let answer = put_manifest(server, repo, reference, OCI_MANIFEST, &manifest);
     assert_eq!(answer.status, 201, "{}", answer.body);
     digest_of(manifest.as_bytes())
 }
@@ -233,6 +261,68 @@ fn registry_cache_on_the_server_rebuilds_an_empty_root_without_running() {
 }
 
 #[test]
+fn tagged_cache_survives_a_prune_of_the_server_root_and_untagged_blobs_do_not() {
+    let Some((dir, busybox)) = support::setup() else {
+        return;
+    };
+    let server = start(dir.path(), &[]);
+    let writer = auth_file(dir.path(), &server, WRITE_TOKEN);
+    let context = support::busybox_context(&dir.path().join("a"), &busybox, DOCKERFILE);
+    std::fs::write(context.join("app.txt"), "kept\n").unwrap();
+    let cache_to = format!("type=registry,ref={}/team/cache:main,mode=max", server.addr);
+    build_started_steps(
+        &dir.path().join("root-a"),
+        &writer,
+        &context,
+        &["--cache-to", &cache_to],
+    );
+    // An untagged blob, and a manifest put by digest only: collectable.
+    let orphan = b"pushed, then never named by a tag".to_vec();
+    assert_eq!(push_blob(&server, "team/cache", &orphan).status, 201);
+    push_minimal_image(
+        &server,
+        "team/cache",
+        &digest_of(minimal_manifest().as_bytes()),
+    );
+    // Prune with nothing running: only the tags protect.
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let server_root = dir.path().join("server-root");
+    support::imgb_ok(&server_root, &["prune", "--all", "--force"]);
+    let store = imgb_cache::Store::open(&server_root).unwrap();
+    for gone in [&orphan[..], minimal_manifest().as_bytes()] {
+        let digest = imgb_cache::Digest::of(gone);
+        assert!(!store.blob_path(&digest).exists(), "{digest} was kept");
+    }
+    assert_store_consistent(&server_root);
+
+    let server = start(dir.path(), &[]);
+    let reader = auth_file(dir.path(), &server, READ_TOKEN);
+    let fresh = support::busybox_context(&dir.path().join("b"), &busybox, DOCKERFILE);
+    std::fs::write(fresh.join("app.txt"), "kept\n").unwrap();
+    let cache_from = format!("type=registry,ref={}/team/cache:main", server.addr);
+    let ran = build_started_steps(
+        &dir.path().join("root-b"),
+        &reader,
+        &fresh,
+        &["--cache-from", &cache_from],
+    );
+    assert!(ran.iter().all(|step| !step.contains(" RUN ")), "{ran:?}");
+}
+
+/// `skopeo inspect FLAGS docker://IMAGE` with the read token, parsed.
+fn skopeo_inspect(skopeo: &Path, image: &str, flags: &[&str]) -> serde_json::Value {
+    let output = support::run(
+        Command::new(skopeo)
+            .arg("inspect")
+            .args(flags)
+            .args(["--creds", &format!("x:{READ_TOKEN}"), "--tls-verify=false"])
+            .arg(format!("docker://{image}")),
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
 fn pushed_images_are_inspectable_with_skopeo_and_a_read_token() {
     let Some((dir, busybox)) = support::setup() else {
         return;
@@ -255,14 +345,7 @@ fn pushed_images_are_inspectable_with_skopeo_and_a_read_token() {
         &["build", "-t", &image, context.to_str().unwrap()],
     );
     imgb_with_auth(&root, &writer, &["push", &image]);
-    let output = support::run(Command::new(&skopeo).args([
-        "inspect",
-        "--creds",
-        &format!("x:{READ_TOKEN}"),
-        "--tls-verify=false",
-        &format!("docker://{image}"),
-    ]));
-    let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let inspected = skopeo_inspect(&skopeo, &image, &[]);
     assert_eq!(
         inspected["Layers"].as_array().map(Vec::len),
         Some(1),
@@ -270,20 +353,39 @@ fn pushed_images_are_inspectable_with_skopeo_and_a_read_token() {
     );
     // The push compresses the built layer, so the pushed manifest is not the stored one; the
     // config (and so the image's identity) is the same.
-    let raw = support::run(Command::new(&skopeo).args([
-        "inspect",
-        "--raw",
-        "--creds",
-        &format!("x:{READ_TOKEN}"),
-        "--tls-verify=false",
-        &format!("docker://{image}"),
-    ]));
-    let pushed: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let pushed = skopeo_inspect(&skopeo, &image, &["--raw"]);
     let local = support::stdout(&support::imgb_ok(&root, &["inspect", &image]));
     let local: serde_json::Value = serde_json::from_str(&local).unwrap();
     assert_eq!(
         pushed["config"]["digest"], local["manifest"]["config"]["digest"],
         "{pushed} {local}"
+    );
+
+    // skopeo's own pushes (blob uploads, then the manifest) pass the server's validation.
+    let layout = dir.path().join("layout");
+    support::imgb_ok(
+        &root,
+        &[
+            "save",
+            &image,
+            "-o",
+            &format!("type=oci,tar=false,dest={}", layout.display()),
+        ],
+    );
+    let copy = format!("{}/team/copied:1", server.addr);
+    support::run(Command::new(&skopeo).args([
+        "copy",
+        "--dest-creds",
+        &format!("x:{WRITE_TOKEN}"),
+        "--dest-tls-verify=false",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{copy}"),
+    ]));
+    let copied = skopeo_inspect(&skopeo, &copy, &[]);
+    assert_eq!(
+        copied["Layers"].as_array().map(Vec::len),
+        Some(1),
+        "{copied}"
     );
 }
 
@@ -328,14 +430,7 @@ fn scopes_hold_and_not_found_answers_reveal_nothing() {
         http(&server, "PUT", put, Some(READ_TOKEN), &[], b"{}").status,
         403
     );
-    let read = http(
-        &server,
-        "GET",
-        "/v2/team/app/manifests/main",
-        Some(READ_TOKEN),
-        &[],
-        b"",
-    );
+    let read = get_with_read_token(&server, "/v2/team/app/manifests/main");
     assert_eq!(read.status, 200, "{}", read.body);
     assert_eq!(read.header("Content-Type").as_deref(), Some(OCI_MANIFEST));
 
@@ -401,8 +496,7 @@ fn malformed_registry_requests_get_4xx_and_the_server_keeps_serving() {
         &[],
         b"content",
     );
-    assert_eq!(wrong.status, 400, "{}", wrong.body);
-    assert!(wrong.body.contains("DIGEST_INVALID"), "{}", wrong.body);
+    assert_refused(&wrong, 400, "DIGEST_INVALID");
     let stored = http(
         &server,
         "HEAD",
@@ -431,12 +525,7 @@ fn malformed_registry_requests_get_4xx_and_the_server_keeps_serving() {
         &[],
         manifest.as_bytes(),
     );
-    assert_eq!(answer.status, 400);
-    assert!(
-        answer.body.contains("MANIFEST_BLOB_UNKNOWN"),
-        "{}",
-        answer.body
-    );
+    assert_refused(&answer, 400, "MANIFEST_BLOB_UNKNOWN");
     // A chunk that does not continue the upload.
     let started = http(&server, "POST", "/v2/team/app/blobs/uploads/", w, &[], b"");
     assert_eq!(started.status, 202);
@@ -472,6 +561,87 @@ fn malformed_registry_requests_get_4xx_and_the_server_keeps_serving() {
     push_minimal_image(&server, "team/app", "main");
 }
 
+#[test]
+fn manifests_are_validated_on_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let image = push_minimal_image(&server, "team/app", "main");
+    let refused = |reference: &str, content_type: &str, manifest: &str, code: &str| {
+        let answer = put_manifest(&server, "team/app", reference, content_type, manifest);
+        assert_refused(&answer, 400, code);
+        answer.body
+    };
+    let manifest_with = |layer: serde_json::Value| {
+        let mut manifest: serde_json::Value = serde_json::from_str(&minimal_manifest()).unwrap();
+        manifest["layers"] = serde_json::json!([layer]);
+        manifest.to_string()
+    };
+
+    // A layer the server does not have: named in the answer.
+    let absent = digest_of(b"a layer never pushed");
+    let missing_layer = manifest_with(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": absent, "size": 20 }));
+    let body = refused(
+        "layer",
+        OCI_MANIFEST,
+        &missing_layer,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    assert!(body.contains(&absent), "{body}");
+    // A media type that contradicts the Content-Type, or a Content-Type that is no manifest's.
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    refused("main", docker, &minimal_manifest(), "MANIFEST_INVALID");
+    refused(
+        "main",
+        "application/json",
+        &minimal_manifest(),
+        "MANIFEST_INVALID",
+    );
+    // Documents the OCI schemas refuse: a descriptor without a size, another schema version.
+    let sizeless = manifest_with(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": absent }));
+    refused("main", OCI_MANIFEST, &sizeless, "MANIFEST_INVALID");
+    let version_3 = minimal_manifest().replace("\"schemaVersion\":2", "\"schemaVersion\":3");
+    refused("main", OCI_MANIFEST, &version_3, "MANIFEST_INVALID");
+
+    // An index naming a manifest the server lacks, or a blob that is not a manifest.
+    let index = |digest: &str| {
+        serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{ "mediaType": OCI_MANIFEST, "digest": digest,
+                            "size": minimal_manifest().len() }] })
+        .to_string()
+    };
+    let unknown = digest_of(b"no such manifest");
+    let body = refused(
+        "multi",
+        OCI_INDEX,
+        &index(&unknown),
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    assert!(body.contains(&unknown), "{body}");
+    refused(
+        "multi",
+        OCI_INDEX,
+        &index(&digest_of(MINIMAL_CONFIG)),
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    let accepted = put_manifest(&server, "team/app", "multi", OCI_INDEX, &index(&image));
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+
+    // Nothing refused was tagged; `main` still names the image.
+    let get = |reference: &str| {
+        get_with_read_token(&server, &format!("/v2/team/app/manifests/{reference}"))
+    };
+    assert_eq!(get("layer").status, 404);
+    let main = get("main");
+    assert_eq!(main.header("Docker-Content-Digest"), Some(image));
+    assert_eq!(
+        get("multi").header("Content-Type").as_deref(),
+        Some(OCI_INDEX)
+    );
+}
+
 /// Every stored blob hashes to its name.
 fn assert_store_consistent(root: &Path) {
     let store = imgb_cache::Store::open(root).unwrap();
@@ -480,16 +650,39 @@ fn assert_store_consistent(root: &Path) {
     }
 }
 
+/// `GET` of an upload session: its status and the bytes it holds (from `Range: 0-LAST`).
+fn upload_status(server: &TestServer, location: &str) -> (u16, Option<usize>) {
+    let answer = http(server, "GET", location, Some(WRITE_TOKEN), &[], b"");
+    let received = answer.header("Range").map(|range| {
+        let last: usize = range.strip_prefix("0-").unwrap().parse().unwrap();
+        last + 1
+    });
+    (answer.status, received)
+}
+
 #[test]
-fn a_server_killed_mid_upload_restarts_with_a_consistent_store() {
+fn an_upload_killed_between_patch_and_put_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);
     let w = Some(WRITE_TOKEN);
     push_minimal_image(&server, "team/app", "main");
-    let started = http(&server, "POST", "/v2/team/app/blobs/uploads/", w, &[], b"");
-    let location = started.header("Location").unwrap();
-    let half = vec![3u8; 300_000];
-    assert_eq!(http(&server, "PATCH", &location, w, &[], &half).status, 202);
+    let start_upload = || {
+        let started = http(&server, "POST", "/v2/team/app/blobs/uploads/", w, &[], b"");
+        assert_eq!(started.status, 202, "{}", started.body);
+        started.header("Location").unwrap()
+    };
+    let location = start_upload();
+    let abandoned = start_upload();
+    let chunk = vec![3u8; 300_000];
+    let patched = http(
+        &server,
+        "PATCH",
+        &location,
+        w,
+        &[("Content-Range", "0-299999")],
+        &chunk,
+    );
+    assert_eq!(patched.status, 202);
     // A second chunk is in flight when the server dies.
     let mut stream = TcpStream::connect(&server.addr).unwrap();
     write!(
@@ -498,26 +691,57 @@ fn a_server_killed_mid_upload_restarts_with_a_consistent_store() {
          Content-Length: 10000000\r\n\r\n"
     )
     .unwrap();
-    stream.write_all(&half).unwrap();
+    stream.write_all(&chunk).unwrap();
     server.kill();
     drop(stream);
 
     let root = dir.path().join("server-root");
     assert_store_consistent(&root);
+    // A session idle for longer than sessions are kept is removed when the server starts.
+    let abandoned_file = root
+        .join("registry/uploads")
+        .join(abandoned.rsplit('/').next().unwrap());
+    std::fs::File::options()
+        .write(true)
+        .open(&abandoned_file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
     let server = start(dir.path(), &[]);
-    // The old session is gone; the manifest pushed before is still served; a new push works.
-    assert_eq!(http(&server, "PATCH", &location, w, &[], b"x").status, 404);
-    let read = http(
+    assert!(!abandoned_file.exists());
+    let gone = http(&server, "PATCH", &abandoned, w, &[], b"x");
+    assert_refused(&gone, 404, "BLOB_UPLOAD_UNKNOWN");
+
+    // The killed session goes on from where its bytes end (the chunk in flight perhaps partly).
+    let (status, received) = upload_status(&server, &location);
+    assert_eq!(status, 204);
+    let received = received.unwrap();
+    assert!((300_000..=600_000).contains(&received), "{received}");
+    let rest = vec![3u8; 600_000 - received];
+    if !rest.is_empty() {
+        let range = format!("{received}-{}", 600_000 - 1);
+        let patched = http(
+            &server,
+            "PATCH",
+            &location,
+            w,
+            &[("Content-Range", &range)],
+            &rest,
+        );
+        assert_eq!(patched.status, 202, "{}", patched.body);
+    }
+    let mut blob = vec![3u8; 600_000];
+    blob.extend_from_slice(b"end");
+    let closed = http(
         &server,
-        "GET",
-        "/v2/team/app/manifests/main",
-        Some(READ_TOKEN),
+        "PUT",
+        &format!("{location}?digest={}", digest_of(&blob)),
+        w,
         &[],
-        b"",
+        b"end",
     );
-    assert_eq!(read.status, 200, "{}", read.body);
-    let blob = vec![5u8; 600_000];
-    assert_eq!(push_blob(&server, "team/app", &blob).status, 201);
+    assert_eq!(closed.status, 201, "{}", closed.body);
+    assert_eq!(upload_status(&server, &location).0, 404);
     let fetched = Command::new("curl")
         .args(["-sS", "-H", &format!("Authorization: Bearer {READ_TOKEN}")])
         .arg(format!(
@@ -528,7 +752,61 @@ fn a_server_killed_mid_upload_restarts_with_a_consistent_store() {
         .output()
         .unwrap();
     assert_eq!(fetched.stdout, blob);
+    // The manifest pushed before the kill is still served.
+    let read = get_with_read_token(&server, "/v2/team/app/manifests/main");
+    assert_eq!(read.status, 200, "{}", read.body);
     assert_store_consistent(&root);
+}
+
+#[test]
+fn a_resumed_upload_closed_with_the_wrong_digest_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let w = Some(WRITE_TOKEN);
+    let started = http(&server, "POST", "/v2/team/app/blobs/uploads/", w, &[], b"");
+    let location = started.header("Location").unwrap();
+    assert_eq!(
+        http(&server, "PATCH", &location, w, &[], b"half a blob").status,
+        202
+    );
+    server.kill();
+    let server = start(dir.path(), &[]);
+    assert_eq!(upload_status(&server, &location), (204, Some(11)));
+    let closed = http(
+        &server,
+        "PUT",
+        &format!("{location}?digest={}", digest_of(b"something else")),
+        w,
+        &[],
+        b"",
+    );
+    assert_refused(&closed, 400, "DIGEST_INVALID");
+    // The session is over and nothing reached the store.
+    assert_eq!(upload_status(&server, &location).0, 404);
+    let root = dir.path().join("server-root");
+    assert!(
+        imgb_cache::Store::open(&root)
+            .unwrap()
+            .list_blobs()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("registry/uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // An id the server never issued is unknown, not a path.
+    let forged = http(
+        &server,
+        "GET",
+        "/v2/team/app/blobs/uploads/..%2f..%2fleases",
+        w,
+        &[],
+        b"",
+    );
+    assert_eq!(forged.status, 404, "{}", forged.body);
 }
 
 #[test]

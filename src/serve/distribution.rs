@@ -3,22 +3,30 @@
 //! against `imgb serve` unchanged.
 //!
 //! Storage: blobs (including manifests) live in the server store's blob area, content-addressed,
-//! written through [`BlobWriter`] (hashed while streamed into `tmp/`, digest checked, renamed
-//! into place atomically) and held by the server's lease. The index is
-//! `<root>/registry/`: `manifests/<hex>` holds a stored manifest's media type (a manifest is
-//! servable once this file exists) and `repositories/<name>/_tags/<tag>` the digest a tag points
-//! at. Every file is written atomically, so a kill leaves either the old or the new state.
+//! written through [`BlobWriter`] (hashed while streamed, digest checked, renamed into place
+//! atomically). The index (tags, manifest media types, open uploads) is the store's
+//! [`RegistryIndex`] under `<root>/registry/`; every file is written atomically, so a kill
+//! leaves either the old or the new state.
+//!
+//! Lifetimes: tags are prune roots (see [`RegistryIndex`]): what a tag names stays while the
+//! tag does. Everything else the registry writes or serves is held by its store lease, which is
+//! renewed every [`LEASE_RENEWAL`]: content untouched for longer and named by no tag is cache
+//! like any other, and prune (`imgb prune`, the disk watermark) may remove it. Clients pushing
+//! blobs and then their manifest within that time never see them go in between.
 //!
 //! Invariants:
 //! - Blobs and manifests are global: a digest is served under any repository name, and a 404
 //!   body never depends on whether a repository exists.
 //! - Repository names and tags are checked against the distribution grammar before they touch
 //!   a path, so no name can leave `registry/repositories/`.
-//! - A manifest is accepted only when everything it references is stored.
-//! - Uploads live in memory (a [`BlobWriter`] per session, at most [`MAX_UPLOADS`]); one that
-//!   fails or is abandoned leaves only a `tmp/` file that drop or prune removes.
+//! - A manifest is accepted only when it is a valid OCI or Docker schema 2 manifest or index
+//!   whose media type matches its `Content-Type`, and everything it references is stored.
+//! - Chunked uploads are sessions on disk ([`Uploads`]): they survive a restart, and a blob
+//!   reaches the store only whole and verified.
 
 use super::auth::{RequireRead, RequireWrite};
+use super::uploads::{self, Uploads};
+use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Query, Request, State};
@@ -26,92 +34,90 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::StreamExt;
+use imgb_cache::oci::{is_index_type, is_manifest_type};
+use imgb_cache::registry::{ManifestDocument, parse_manifest};
+use imgb_cache::registry_index::RegistryIndex;
 use imgb_cache::{BlobReader, BlobWriter, Digest, Durability, Store, StoreError};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The most a manifest may weigh.
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
-/// Upload sessions open at once.
-const MAX_UPLOADS: usize = 256;
-/// An upload untouched this long is dropped when a new one starts.
-const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
+/// How long the registry's store lease lasts before a fresh one replaces it.
+const LEASE_RENEWAL: Duration = Duration::from_secs(3600);
 /// Request bytes gathered before one blocking write to the blob file.
 const WRITE_BATCH: usize = 1024 * 1024;
 /// Bytes per read when serving a blob.
 const READ_CHUNK: usize = 256 * 1024;
 
-const MANIFEST_TYPES: [&str; 4] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-
-/// The registry state: the store, its index directory and the open upload sessions.
+/// The registry state: the store, its index and the open upload sessions.
 #[derive(Debug)]
 pub struct Registry {
-    store: Store,
-    index: PathBuf,
+    /// The server's store without a lease, to take leases from.
+    unleased: Store,
+    leased: Mutex<LeasedStore>,
+    index: RegistryIndex,
+    uploads: Uploads,
     max_blob_size: u64,
-    uploads: Mutex<HashMap<String, Upload>>,
-    upload_counter: AtomicU64,
 }
 
 #[derive(Debug)]
-struct Upload {
-    writer: BlobWriter,
-    touched: Instant,
+struct LeasedStore {
+    store: Store,
+    since: Instant,
 }
 
 impl Registry {
-    /// A registry over `store` (the server's leased store) accepting blobs up to
-    /// `max_blob_size` bytes.
-    pub fn new(store: Store, max_blob_size: u64) -> Self {
-        let index = store.root().join("registry");
-        Self {
-            store,
+    /// A registry over the server's `store` accepting blobs up to `max_blob_size` bytes; it
+    /// takes its own lease and reopens the upload sessions an earlier server left.
+    pub fn open(store: Store, max_blob_size: u64) -> anyhow::Result<Self> {
+        let leased = take_lease(&store)?;
+        let index = RegistryIndex::of(&store);
+        let uploads_dir = index.uploads_dir();
+        let uploads = Uploads::open(uploads_dir.clone())
+            .with_context(|| format!("opening the upload sessions in {}", uploads_dir.display()))?;
+        Ok(Self {
+            unleased: store,
+            leased: Mutex::new(LeasedStore {
+                store: leased,
+                since: Instant::now(),
+            }),
             index,
+            uploads,
             max_blob_size,
-            uploads: Mutex::new(HashMap::new()),
-            upload_counter: AtomicU64::new(0),
-        }
+        })
     }
 
-    fn uploads(&self) -> MutexGuard<'_, HashMap<String, Upload>> {
-        // A panic while holding the lock cannot leave the map inconsistent (single inserts and
-        // removals), so a poisoned lock is still usable.
-        self.uploads
+    /// The store under the current lease, renewed once it is [`LEASE_RENEWAL`] old (the old
+    /// lease ends when the last request using it does).
+    fn store(&self) -> Store {
+        // The lock only guards a replace-in-one-step, so a poisoned one is still consistent.
+        let mut leased = self
+            .leased
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if leased.since.elapsed() >= LEASE_RENEWAL {
+            match take_lease(&self.unleased) {
+                Ok(store) => {
+                    *leased = LeasedStore {
+                        store,
+                        since: Instant::now(),
+                    }
+                }
+                // The old lease goes on protecting; the next request tries again.
+                Err(error) => super::log(format_args!("imgb serve: registry: {error:#}")),
+            }
+        }
+        leased.store.clone()
     }
+}
 
-    fn media_type_path(&self, digest: &Digest) -> PathBuf {
-        self.index.join("manifests").join(digest.hex())
-    }
-
-    fn tag_path(&self, name: &str, tag: &str) -> PathBuf {
-        self.index
-            .join("repositories")
-            .join(name)
-            .join("_tags")
-            .join(tag)
-    }
-
-    /// A fresh, hard to guess upload id.
-    fn upload_id(&self) -> String {
-        let count = self.upload_counter.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let seed = format!("{}:{count}:{now}:{:p}", std::process::id(), &self.uploads);
-        Digest::of(seed.as_bytes()).hex()[..32].to_string()
-    }
+fn take_lease(store: &Store) -> anyhow::Result<Store> {
+    store
+        .leased("imgb serve registry")
+        .with_context(|| format!("taking a lease on {}", store.root().display()))
 }
 
 /// `/v2/` and everything under it; mounted behind the auth layer.
@@ -290,10 +296,15 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
             finish_upload(&registry, name, id, &query, body).await
         }
         (&Method::GET, Route::Upload(name, Some(id))) => upload_status(&registry, name, id),
-        (&Method::DELETE, Route::Upload(_, Some(id))) => match registry.uploads().remove(id) {
-            Some(_) => StatusCode::NO_CONTENT.into_response(),
-            None => upload_unknown(),
-        },
+        (&Method::DELETE, Route::Upload(_, Some(id))) => {
+            let uploads = registry.clone();
+            let id = id.to_string();
+            match blocking(move || uploads.uploads.discard(&id)).await {
+                Ok(true) => StatusCode::NO_CONTENT.into_response(),
+                Ok(false) => upload_unknown(),
+                Err(response) => response,
+            }
+        }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
@@ -312,7 +323,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn list_tags(registry: &Arc<Registry>, name: &str) -> Response {
-    let dir = registry.index.join("repositories").join(name).join("_tags");
+    let dir = registry.index.tags_dir(name);
     let listed = blocking(move || -> std::io::Result<Vec<String>> {
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
@@ -352,7 +363,7 @@ fn resolve(registry: &Registry, name: &str, reference: &str) -> Result<Option<Di
     if !valid_tag(reference) {
         return Err(error(StatusCode::BAD_REQUEST, "TAG_INVALID", "invalid tag"));
     }
-    match std::fs::read_to_string(registry.tag_path(name, reference)) {
+    match std::fs::read_to_string(registry.index.tag_path(name, reference)) {
         Ok(text) => Ok(Digest::parse(text.trim()).ok()),
         Err(_) => Ok(None),
     }
@@ -371,8 +382,8 @@ async fn get_manifest(
     };
     let registry = registry.clone();
     let loaded = blocking(move || {
-        let media_type = std::fs::read_to_string(registry.media_type_path(&digest)).ok()?;
-        let bytes = registry.store.read_blob(&digest).ok()?;
+        let media_type = std::fs::read_to_string(registry.index.media_type_path(&digest)).ok()?;
+        let bytes = registry.store().read_blob(&digest).ok()?;
         Some((digest, media_type, bytes))
     })
     .await;
@@ -424,20 +435,23 @@ async fn put_manifest(
         Ok(bytes) => bytes,
         Err(_) => return invalid("the manifest is unreadable or larger than 4 MiB"),
     };
-    let Ok(document) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return invalid("the manifest is not JSON");
-    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok());
-    let media_type = document["mediaType"]
-        .as_str()
-        .or(content_type)
-        .unwrap_or_default();
-    if !MANIFEST_TYPES.contains(&media_type) {
-        return invalid("unsupported manifest media type (OCI or Docker v2 manifests and indexes)");
+        .map(|value| value.to_str().unwrap_or_default())
+        .map(|value| value.split(';').next().unwrap_or(value).trim());
+    if let Some(content_type) = content_type
+        && !is_manifest_type(content_type)
+        && !is_index_type(content_type)
+    {
+        return invalid(&format!(
+            "Content-Type {content_type:?} is not a manifest media type (OCI or Docker schema 2 \
+             manifests and indexes)"
+        ));
     }
-    let media_type = media_type.to_string();
+    let (media_type, document) = match parse_manifest(reference, &bytes, content_type) {
+        Ok(parsed) => parsed,
+        Err(error) => return invalid(&error.to_string()),
+    };
     let digest = Digest::of(&bytes);
     if tag.is_none() && parse_digest(reference).ok().as_ref() != Some(&digest) {
         return error(
@@ -446,29 +460,33 @@ async fn put_manifest(
             "the manifest does not hash to the digest it was put under",
         );
     }
-    let references = match referenced(&document) {
-        Ok(references) => references,
-        Err(message) => return invalid(message),
-    };
+    let children_are_manifests = matches!(document, ManifestDocument::Index(_));
+    let references: Vec<Digest> = document
+        .references()
+        .into_iter()
+        .map(|descriptor| descriptor.digest.clone())
+        .collect();
     let registry_for_write = registry.clone();
-    let tag_path = tag.map(|tag| registry.tag_path(name, &tag));
+    let tag_path = tag.map(|tag| registry.index.tag_path(name, &tag));
     let stored_digest = digest.clone();
     let stored = blocking(move || -> Result<Option<Digest>, StoreError> {
         let registry = registry_for_write;
+        let store = registry.store();
         let digest = stored_digest;
-        let missing = references.into_iter().find(|(child, is_manifest)| {
-            let stored = registry.store.has_blob(child)
-                && (!is_manifest || registry.media_type_path(child).is_file());
+        // `has_blob` leases what it finds: nothing referenced goes before the tag exists.
+        let missing = references.into_iter().find(|child| {
+            let stored = store.has_blob(child)
+                && (!children_are_manifests || registry.index.media_type_path(child).is_file());
             !stored
         });
-        if let Some((child, _)) = missing {
+        if let Some(child) = missing {
             return Ok(Some(child));
         }
-        registry.store.write_blob(&bytes)?;
-        let type_path = registry.media_type_path(&digest);
-        write_index_file(&registry.store, &type_path, media_type.as_bytes())?;
+        store.write_blob(&bytes)?;
+        let type_path = registry.index.media_type_path(&digest);
+        write_index_file(&store, &type_path, media_type.as_bytes())?;
         if let Some(tag_path) = tag_path {
-            write_index_file(&registry.store, &tag_path, digest.as_str().as_bytes())?;
+            write_index_file(&store, &tag_path, digest.as_str().as_bytes())?;
         }
         Ok(None)
     })
@@ -494,40 +512,6 @@ async fn put_manifest(
     }
 }
 
-/// What a manifest or index references: (digest, whether it is a manifest).
-fn referenced(document: &serde_json::Value) -> Result<Vec<(Digest, bool)>, &'static str> {
-    let mut references = Vec::new();
-    let descriptors = document["config"]
-        .as_object()
-        .map(|config| (config, false))
-        .into_iter()
-        .chain(
-            document["layers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d.as_object())
-                .map(|d| (d, false)),
-        )
-        .chain(
-            document["manifests"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d.as_object())
-                .map(|d| (d, true)),
-        );
-    for (descriptor, is_manifest) in descriptors {
-        let digest = descriptor
-            .get("digest")
-            .and_then(|digest| digest.as_str())
-            .and_then(|digest| Digest::parse(digest).ok())
-            .ok_or("a descriptor without a valid digest")?;
-        references.push((digest, is_manifest));
-    }
-    Ok(references)
-}
-
 /// An index file, written atomically and durably through the store's `tmp/`.
 fn write_index_file(store: &Store, path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
     if let Some(parent) = path.parent() {
@@ -545,8 +529,8 @@ async fn get_blob(registry: &Arc<Registry>, digest: &str, head: bool) -> Respons
         Ok(digest) => digest,
         Err(response) => return response,
     };
-    let store = registry.store.clone();
-    let opened = blocking(move || store.open_blob(&digest, None)).await;
+    let registry = registry.clone();
+    let opened = blocking(move || registry.store().open_blob(&digest, None)).await;
     let reader = match opened {
         Ok(Ok(reader)) => reader,
         Ok(Err(StoreError::BlobNotFound { .. })) => return blob_unknown(),
@@ -648,10 +632,10 @@ async fn start_upload(
             Err(response) => return response,
         };
         // Blobs are global: a mount succeeds whenever the blob is stored, whatever `from` says.
-        let store = registry.store.clone();
+        let registry = registry.clone();
         let mounted = blocking({
             let digest = digest.clone();
-            move || store.has_blob(&digest)
+            move || registry.store().has_blob(&digest)
         })
         .await;
         match mounted {
@@ -660,23 +644,16 @@ async fn start_upload(
             Err(response) => return response,
         }
     }
-    if !has_room_for_an_upload(registry) {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TOOMANYREQUESTS",
-            "too many uploads in progress; retry later",
-        );
-    }
-    let store = registry.store.clone();
-    let writer = match blocking(move || store.blob_writer()).await {
-        Ok(Ok(writer)) => writer,
-        Ok(Err(error)) => return internal("starting an upload", error),
-        Err(response) => return response,
-    };
     if let Some(digest) = query.get("digest") {
-        // Monolithic upload: the whole blob is this request's body.
+        // Monolithic upload: the whole blob is this request's body, staged in `tmp/`.
         let expected = match parse_digest(digest) {
             Ok(digest) => digest,
+            Err(response) => return response,
+        };
+        let registry_for_writer = registry.clone();
+        let writer = match blocking(move || registry_for_writer.store().blob_writer()).await {
+            Ok(Ok(writer)) => writer,
+            Ok(Err(error)) => return internal("starting an upload", error),
             Err(response) => return response,
         };
         return match append(registry, writer, body).await {
@@ -684,38 +661,28 @@ async fn start_upload(
             Err(response) => response,
         };
     }
-    let id = registry.upload_id();
-    registry.uploads().insert(
-        id.clone(),
-        Upload {
-            writer,
-            touched: Instant::now(),
-        },
-    );
-    upload_accepted(name, &id, 0)
+    let sessions = registry.clone();
+    match blocking(move || sessions.uploads.start(&sessions.store())).await {
+        Ok(Ok(Some(id))) => upload_accepted(name, &id, 0),
+        Ok(Ok(None)) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            &format!("{} uploads are in progress; retry later", uploads::MAX_OPEN),
+        ),
+        Ok(Err(error)) => internal("starting an upload", format!("{error:#}")),
+        Err(response) => response,
+    }
 }
 
-/// Drops idle sessions; whether another one fits under [`MAX_UPLOADS`].
-fn has_room_for_an_upload(registry: &Registry) -> bool {
-    let mut uploads = registry.uploads();
-    uploads.retain(|_, upload| upload.touched.elapsed() < UPLOAD_IDLE);
-    uploads.len() < MAX_UPLOADS
-}
-
-/// Takes a session out of the table for the request's duration: a second request on the same
-/// session meanwhile finds it unknown rather than interleaving bytes.
-fn take_upload(registry: &Registry, id: &str) -> Option<BlobWriter> {
-    registry.uploads().remove(id).map(|upload| upload.writer)
-}
-
-fn put_back(registry: &Registry, id: &str, writer: BlobWriter) {
-    registry.uploads().insert(
-        id.to_string(),
-        Upload {
-            writer,
-            touched: Instant::now(),
-        },
-    );
+/// The session's writer for this request (see [`Uploads::take`]); `Err` is a ready answer.
+async fn take_upload(registry: &Arc<Registry>, id: &str) -> Result<BlobWriter, Response> {
+    let sessions = registry.clone();
+    let id = id.to_string();
+    match blocking(move || sessions.uploads.take(&sessions.store(), &id)).await? {
+        Ok(Some(writer)) => Ok(writer),
+        Ok(None) => Err(upload_unknown()),
+        Err(error) => Err(internal("resuming an upload", error)),
+    }
 }
 
 async fn patch_upload(
@@ -725,8 +692,9 @@ async fn patch_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(writer) = take_upload(registry, id) else {
-        return upload_unknown();
+    let writer = match take_upload(registry, id).await {
+        Ok(writer) => writer,
+        Err(response) => return response,
     };
     // `Content-Range: START-END` must continue where the session is.
     let start = headers
@@ -741,7 +709,9 @@ async fn patch_upload(
         && start != Some(writer.written())
     {
         let written = writer.written();
-        put_back(registry, id, writer);
+        if let Err(response) = put_back(registry, id, writer).await {
+            return response;
+        }
         let mut response = error(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "BLOB_UPLOAD_INVALID",
@@ -757,11 +727,33 @@ async fn patch_upload(
     match append(registry, writer, body).await {
         Ok(writer) => {
             let written = writer.written();
-            put_back(registry, id, writer);
-            upload_accepted(name, id, written)
+            match put_back(registry, id, writer).await {
+                Ok(()) => upload_accepted(name, id, written),
+                Err(response) => response,
+            }
         }
-        Err(response) => response,
+        Err(response) => {
+            discard_upload(registry, id).await;
+            response
+        }
     }
+}
+
+/// Returns the session's writer after a request that leaves it open.
+async fn put_back(registry: &Arc<Registry>, id: &str, writer: BlobWriter) -> Result<(), Response> {
+    let sessions = registry.clone();
+    let id = id.to_string();
+    blocking(move || sessions.uploads.put_back(&id, writer))
+        .await?
+        .map_err(|error| internal("writing an upload", error))
+}
+
+/// Ends a session and removes its bytes.
+async fn discard_upload(registry: &Arc<Registry>, id: &str) {
+    let sessions = registry.clone();
+    let id = id.to_string();
+    // A failure to remove leaves a file the idle sweep removes later.
+    let _ = blocking(move || sessions.uploads.discard(&id)).await;
 }
 
 async fn finish_upload(
@@ -782,27 +774,33 @@ async fn finish_upload(
             );
         }
     };
-    let Some(writer) = take_upload(registry, id) else {
-        return upload_unknown();
+    let writer = match take_upload(registry, id).await {
+        Ok(writer) => writer,
+        Err(response) => return response,
     };
-    match append(registry, writer, body).await {
+    let response = match append(registry, writer, body).await {
         Ok(writer) => commit(name, writer, expected).await,
         Err(response) => response,
-    }
-}
-
-fn upload_status(registry: &Registry, name: &str, id: &str) -> Response {
-    let written = match registry.uploads().get(id) {
-        Some(upload) => upload.writer.written(),
-        None => return upload_unknown(),
     };
-    let mut response = upload_accepted(name, id, written);
-    *response.status_mut() = StatusCode::NO_CONTENT;
+    // Committed (its file renamed into the store) or failed: either way the session is over.
+    discard_upload(registry, id).await;
     response
 }
 
-/// Streams the request body into the session, in batches written on a blocking thread. On any
-/// failure the session is dropped (with its `tmp/` file) and the 4xx/5xx returned.
+fn upload_status(registry: &Registry, name: &str, id: &str) -> Response {
+    match registry.uploads.written(id) {
+        Some(written) => {
+            let mut response = upload_accepted(name, id, written);
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        None => upload_unknown(),
+    }
+}
+
+/// Streams the request body into the blob, in batches written on a blocking thread. On any
+/// failure the writer is dropped and the 4xx/5xx returned (a session's caller discards the
+/// session: the client starts again).
 async fn append(
     registry: &Registry,
     mut writer: BlobWriter,

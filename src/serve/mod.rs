@@ -10,15 +10,16 @@
 //!   the rest ([`builds::BuildService::drain`]), then close connections gracefully; a second
 //!   signal cancels running builds at once.
 //!
-//! The registry holds one lease on the store for the server's whole life ("imgb serve
-//! registry"), so prune never removes what it stored or served; the build service gets the
-//! store without a lease and takes one per build.
+//! The registry holds a lease on the store ("imgb serve registry", renewed hourly), so prune
+//! never removes what it recently stored or served, and its tags are prune roots; the build
+//! service gets the store without a lease and takes one per build.
 
 pub mod auth;
 pub mod builds;
 pub mod distribution;
 pub mod listen;
 pub mod metrics;
+pub mod uploads;
 
 use crate::commands::prune::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};
@@ -115,13 +116,10 @@ pub fn run(root: Option<PathBuf>, args: &ServeArgs) -> Result<ExitCode> {
         vetted.push((address, resolved));
     }
     let tls = tls_files.as_ref().map(listen::tls_acceptor).transpose()?;
-    let registry_store = store
-        .leased("imgb serve registry")
-        .with_context(|| format!("taking a lease on {}", store.root().display()))?;
-    let registry = Arc::new(distribution::Registry::new(
-        registry_store,
+    let registry = Arc::new(distribution::Registry::open(
+        store.clone(),
         args.max_blob_size,
-    ));
+    )?);
     let service = Arc::new(builds::BuildService::new(
         store,
         &args.builds,
