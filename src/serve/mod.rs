@@ -218,12 +218,13 @@ async fn serve(
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    log(format_args!(
-        "imgb serve: shutting down: no new connections; running builds get {grace:?} to finish"
-    ));
     // Every receiver may already be gone if all loops ended; there is nothing left to stop then.
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
+    // Only now, with every listener closed, is "no new connections" true for whoever reads it.
+    log(format_args!(
+        "imgb serve: shutting down: no new connections; running builds get {grace:?} to finish"
+    ));
     // A second signal means "now": running builds are cancelled without waiting out the grace.
     tokio::select! {
         () = service.drain(grace) => {}
