@@ -91,7 +91,8 @@ impl Registry {
     }
 
     /// The store under the current lease, renewed once it is [`LEASE_RENEWAL`] old (the old
-    /// lease ends when the last request using it does).
+    /// lease ends when the last request and upload session using it do; idle sessions are
+    /// ended then, so an abandoned one cannot hold it). Blocking: call off the async threads.
     fn store(&self) -> Store {
         // The lock only guards a replace-in-one-step, so a poisoned one is still consistent.
         let mut leased = self
@@ -99,6 +100,9 @@ impl Registry {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if leased.since.elapsed() >= LEASE_RENEWAL {
+            if let Err(error) = self.uploads.remove_idle() {
+                super::log(format_args!("imgb serve: registry: {error:#}"));
+            }
             match take_lease(&self.unleased) {
                 Ok(store) => {
                     *leased = LeasedStore {

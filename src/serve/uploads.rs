@@ -81,19 +81,30 @@ impl Uploads {
     /// Opens a session on `store`; its id, or `None` when too many are open.
     pub fn start(&self, store: &Store) -> anyhow::Result<Option<String>> {
         let mut slots = self.slots();
-        let open = self
-            .remove_stale(&slots)
-            .with_context(|| format!("listing {}", self.dir.display()))?;
-        slots.retain(|id, slot| {
-            matches!(slot, Slot::Busy) || self.path(id).is_some_and(|path| path.exists())
-        });
-        if open >= MAX_OPEN {
+        if self.sweep(&mut slots)? >= MAX_OPEN {
             return Ok(None);
         }
         let id = self.fresh_id();
         let writer = store.resume_blob_writer(&self.dir.join(&id))?;
         slots.insert(id.clone(), Slot::Idle(Box::new(writer)));
         Ok(Some(id))
+    }
+
+    /// Ends the sessions idle for [`IDLE`], dropping their writers too (and with them the
+    /// store lease each holds).
+    pub fn remove_idle(&self) -> anyhow::Result<()> {
+        self.sweep(&mut self.slots()).map(drop)
+    }
+
+    /// Removes idle sessions' files and writers; returns how many sessions remain.
+    fn sweep(&self, slots: &mut HashMap<String, Slot>) -> anyhow::Result<usize> {
+        let open = self
+            .remove_stale(slots)
+            .with_context(|| format!("listing {}", self.dir.display()))?;
+        slots.retain(|id, slot| {
+            matches!(slot, Slot::Busy) || self.path(id).is_some_and(|path| path.exists())
+        });
+        Ok(open)
     }
 
     /// Removes session files untouched for [`IDLE`] that no request is using; returns how many
@@ -200,4 +211,61 @@ impl Uploads {
 /// Removes a session file; whether it was there.
 fn remove(path: &Path) -> bool {
     std::fs::remove_file(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uploads() -> (tempfile::TempDir, Store, Uploads) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("root")).unwrap();
+        let uploads = Uploads::open(dir.path().join("root/registry/uploads")).unwrap();
+        (dir, store, uploads)
+    }
+
+    #[test]
+    fn a_session_serves_one_request_at_a_time() {
+        let (_dir, store, uploads) = uploads();
+        let id = uploads.start(&store).unwrap().unwrap();
+        let mut writer = uploads.take(&store, &id).unwrap().unwrap();
+        assert!(uploads.take(&store, &id).unwrap().is_none());
+        writer.write_all(b"abc").unwrap();
+        uploads.put_back(&id, writer).unwrap();
+        assert_eq!(uploads.written(&id), Some(3));
+        let writer = uploads.take(&store, &id).unwrap().unwrap();
+        assert_eq!(writer.written(), 3);
+        assert!(uploads.discard(&id));
+        assert_eq!(uploads.written(&id), None);
+    }
+
+    #[test]
+    fn ids_the_server_did_not_issue_never_become_paths() {
+        let (_dir, store, uploads) = uploads();
+        let upper = "A".repeat(ID_LENGTH);
+        let long = "a".repeat(ID_LENGTH + 1);
+        for id in ["", "../../leases", upper.as_str(), long.as_str()] {
+            assert!(uploads.take(&store, id).unwrap().is_none(), "{id}");
+            assert_eq!(uploads.written(id), None, "{id}");
+            assert!(!uploads.discard(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn idle_sessions_are_removed_with_their_writers() {
+        let (_dir, store, uploads) = uploads();
+        let idle = uploads.start(&store).unwrap().unwrap();
+        let fresh = uploads.start(&store).unwrap().unwrap();
+        let idle_file = uploads.path(&idle).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&idle_file)
+            .unwrap()
+            .set_modified(SystemTime::now() - IDLE - Duration::from_secs(60))
+            .unwrap();
+        uploads.remove_idle().unwrap();
+        assert!(!idle_file.exists());
+        assert!(!uploads.slots().contains_key(&idle));
+        assert_eq!(uploads.written(&fresh), Some(0));
+    }
 }
