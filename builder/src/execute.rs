@@ -227,13 +227,8 @@ impl StoreExecutor {
                 RunStatus::LimitExceeded(limit) => limit.to_string(),
                 RunStatus::Cancelled => return Err(ExecError::Cancelled),
             };
-            let hint = if outcome.pids_limit_reached {
-                " (hint: the step reached its process limit, so forks failed)"
-            } else {
-                ""
-            };
             return Err(failed(format!(
-                "process \"{}\" did not complete successfully: {how}{hint}",
+                "process \"{}\" did not complete successfully: {how}",
                 exec.argv.join(" ")
             )));
         }

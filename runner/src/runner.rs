@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::cgroup::StepCgroup;
+use crate::cgroup::{self, StepCgroup};
 use crate::hosts;
 use crate::protocol::{CommitSpec, ContainerSpec, Control, Ended, Report, RunDir, SupervisorSpec};
 use crate::spec::{Limits, RunSpec};
@@ -32,6 +32,8 @@ const MAX_LINE: usize = 64 * 1024;
 const MAX_HOSTNAME: usize = 64;
 /// The shortest pause between two measurements of a step's disk use.
 const DISK_CHECK_PAUSE: Duration = Duration::from_millis(100);
+/// The pause between two looks at whether a step's cgroup refused a fork.
+const PIDS_CHECK_PAUSE: Duration = Duration::from_millis(100);
 
 /// The program that runs the init stages: a binary whose `args` lead to
 /// [`init::main`](crate::init::main), followed by the stage name.
@@ -86,6 +88,8 @@ pub enum ExceededLimit {
     Disk { limit: u64, used: u64 },
     /// The kernel's OOM killer ended it at [`Limits::memory_max`].
     Memory { limit: u64 },
+    /// A fork failed at [`Limits::pids_max`]: the runner killed every process of the step.
+    Processes { limit: u64 },
 }
 
 impl std::fmt::Display for ExceededLimit {
@@ -103,6 +107,10 @@ impl std::fmt::Display for ExceededLimit {
                 "killed by the kernel for using more than the step's memory limit of {:.1} MiB",
                 mib(limit)
             ),
+            Self::Processes { limit } => write!(
+                f,
+                "killed because the step reached its process limit of {limit} (a fork failed)"
+            ),
         }
     }
 }
@@ -118,8 +126,6 @@ pub struct RunOutcome {
     pub status: RunStatus,
     /// The step's changes, when [`RunSpec::commit`] was set and the command exited with 0.
     pub layer: Option<SnapshotLayer>,
-    /// Whether a fork failed because of [`Limits::pids_max`] (a likely cause of a failure).
-    pub pids_limit_reached: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +231,15 @@ impl Runner {
         cancel: impl Future<Output = ()>,
     ) -> Result<RunOutcome, RunError> {
         let group_name = run_dir.file_name().unwrap_or_default().to_string_lossy();
-        let cgroup = match StepCgroup::create(&self.limits, &group_name) {
+        let created = cgroup::own_groups().and_then(|own| {
+            StepCgroup::create(
+                Path::new(cgroup::DEFAULT_ROOT),
+                &own,
+                &self.limits,
+                &group_name,
+            )
+        });
+        let cgroup = match created {
             Ok(cgroup) => cgroup,
             Err(_) if self.rootless => None,
             Err(message) => return Err(RunError::Limits(message)),
@@ -264,6 +278,7 @@ impl Runner {
 
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let step_cgroup = cgroup.as_ref();
         let control = async move {
             let mut lines = BufReader::new(control_read).lines();
             let deadline = async {
@@ -278,9 +293,16 @@ impl Runner {
                     None => std::future::pending().await,
                 }
             };
+            let over_process_limit = async {
+                match (step_cgroup, self.limits.pids_max) {
+                    (Some(cgroup), Some(limit)) => watch_pids(cgroup, limit).await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::pin!(deadline);
             tokio::pin!(cancel);
             tokio::pin!(over_disk_limit);
+            tokio::pin!(over_process_limit);
             let mut kill_reason = None;
             let mut report = None;
             loop {
@@ -308,6 +330,10 @@ impl Runner {
                         let _ = control_write.shutdown().await;
                     }
                     exceeded = &mut over_disk_limit, if kill_reason.is_none() => {
+                        kill_reason = Some(RunStatus::LimitExceeded(exceeded));
+                        let _ = control_write.shutdown().await;
+                    }
+                    exceeded = &mut over_process_limit, if kill_reason.is_none() => {
                         kill_reason = Some(RunStatus::LimitExceeded(exceeded));
                         let _ = control_write.shutdown().await;
                     }
@@ -339,6 +365,15 @@ impl Runner {
                 {
                     status = RunStatus::LimitExceeded(ExceededLimit::Memory { limit });
                 }
+                // Forks that failed between the last look and the end fail the step as well:
+                // whatever it built was built with processes missing.
+                if let Some(limit) = self.limits.pids_max
+                    && status != RunStatus::Cancelled
+                    && cgroup.as_ref().is_some_and(StepCgroup::pids_limit_reached)
+                {
+                    status = RunStatus::LimitExceeded(ExceededLimit::Processes { limit });
+                    layer = None;
+                }
                 // What was written between two measurements counts too.
                 if let (Some(limit), Some(written)) = (self.limits.disk_max, &layer)
                     && written.tar_size > limit
@@ -349,11 +384,7 @@ impl Runner {
                     });
                     layer = None;
                 }
-                Ok(RunOutcome {
-                    status,
-                    layer,
-                    pids_limit_reached: cgroup.as_ref().is_some_and(StepCgroup::pids_limit_reached),
-                })
+                Ok(RunOutcome { status, layer })
             }
             Some(Report::Failed { message }) => Err(RunError::Setup(message)),
             Some(Report::MapIds) | None => Err(RunError::InitDied {
@@ -437,6 +468,16 @@ async fn watch_disk(upper: PathBuf, limit: u64) -> ExceededLimit {
         }
         pause = (started.elapsed() * 4).max(DISK_CHECK_PAUSE);
     }
+}
+
+/// Resolves once the step's cgroup refused a fork at its process limit: a fork bomb, or a step
+/// that would go on with processes missing. Its processes keep forking at the limit, so the
+/// runner kills them rather than wait for an end that may never come.
+async fn watch_pids(cgroup: &StepCgroup, limit: u64) -> ExceededLimit {
+    while !cgroup.pids_limit_reached() {
+        tokio::time::sleep(PIDS_CHECK_PAUSE).await;
+    }
+    ExceededLimit::Processes { limit }
 }
 
 /// The disk space a directory tree takes (allocated blocks), skipping what cannot be read or

@@ -114,8 +114,8 @@ pub struct CommitTo {
 /// Per-step resource limits, the same for every step a [`Runner`](crate::Runner) runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
-    /// The most processes (and threads) the step may have at once: further forks fail. A
-    /// cgroup's `pids.max`.
+    /// The most processes (and threads) the step may have at once. A cgroup's `pids.max`: a
+    /// fork beyond it fails, and the runner then kills the whole step.
     pub pids_max: Option<u64>,
     /// The step's memory in bytes; beyond it the kernel's OOM killer ends the step. A
     /// cgroup's `memory.max` (no swap on top).

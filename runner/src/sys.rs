@@ -1,10 +1,12 @@
-//! The runner's only `unsafe` code: the two kernel calls whose safe wrappers do not exist.
+//! The runner's only `unsafe` code: the kernel calls whose safe wrappers do not exist.
 //!
 //! - `unshare(2)`: rustix marks it `unsafe` because `CLONE_FILES` can split a thread's file
 //!   descriptor table from its siblings'. The init stages are single-threaded and never pass
 //!   `CLONE_FILES` or `CLONE_FS`, which [`unshare`] refuses, so the hazard cannot arise.
 //! - Marking inherited descriptors close-on-exec: their numbers come from `/proc/self/fd`, so
 //!   they must be borrowed from raw integers.
+//! - `kill(-1, SIGKILL)`: rustix has no call for "every process I may signal", only ones that
+//!   take a positive pid, so it goes through libc.
 //!
 //! Everything else in the crate goes through rustix's safe API.
 #![allow(unsafe_code)]
@@ -56,4 +58,18 @@ pub(crate) fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends SIGKILL to every process the caller may signal, except itself. Called by PID 1 of a
+/// pid namespace, that is every other process of the namespace, in one step: the kernel
+/// signals them under the lock that a fork must take to add its child, and a fork whose parent
+/// has a pending SIGKILL fails, so no process escapes by being born during the kill.
+pub(crate) fn kill_all_others() -> io::Result<()> {
+    // SAFETY: kill(2) takes no pointers and touches no memory of this process.
+    let result = unsafe { libc::kill(-1, libc::SIGKILL) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -103,7 +103,8 @@ pub struct BuildArgs {
 /// The resource limits of each `RUN` step (shared by `imgb run`).
 #[derive(Debug, Clone, Args)]
 pub struct RunLimitArgs {
-    /// The most processes a RUN step may have at once; further forks fail (0: no limit).
+    /// The most processes a RUN step may have at once; a fork beyond it fails the step, all
+    /// of whose processes are killed (0: no limit).
     #[arg(long = "run-pids-max", value_name = "N", default_value_t = Limits::DEFAULT_PIDS_MAX)]
     pub pids_max: u64,
     /// The memory a RUN step may use (e.g. `2g`); over it the kernel kills the step.

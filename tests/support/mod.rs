@@ -6,8 +6,10 @@ pub mod http;
 pub mod registry;
 pub mod serve;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The reference material in `../shared` (override with `IMGB_SHARED_DIR`).
 ///
@@ -131,6 +133,42 @@ pub fn run(command: &mut Command) -> Output {
     output
 }
 
+/// Runs `command` to its end, unless it takes longer than `limit`: it is then killed and the
+/// test fails, so that a regression that hangs fails the suite instead of stalling it.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -223,16 +261,20 @@ impl TestContext {
         std::fs::write(path, contents).unwrap();
     }
 
-    /// Builds with `args` in `root`, whatever the outcome (plain progress unless `args` say).
-    pub fn build(&self, root: &Path, args: &[&str]) -> Output {
-        let mut all = vec!["build"];
+    /// `imgb --root ROOT build ARGS CONTEXT`, plain progress unless `args` say.
+    pub fn build_command(&self, root: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_imgb"));
+        command.arg("--root").arg(root).arg("build");
         if !args.contains(&"--progress") {
-            all.extend(["--progress", "plain"]);
+            command.args(["--progress", "plain"]);
         }
-        all.extend_from_slice(args);
-        let path = self.path();
-        all.push(path.to_str().unwrap());
-        imgb(root, &all)
+        command.args(args).arg(self.path());
+        command
+    }
+
+    /// Builds with `args` in `root`, whatever the outcome.
+    pub fn build(&self, root: &Path, args: &[&str]) -> Output {
+        self.build_command(root, args).output().expect("imgb runs")
     }
 
     /// Builds with `args` in `root`, which must succeed.

@@ -10,8 +10,9 @@
 //! 3. The working directory (created if missing) and the user, from the image's own files.
 //! 4. `pivot_root`, the old root detached: from here no host path is reachable.
 //! 5. The command starts through the `exec` stage (started before the pivot, waiting for
-//!    its spec); every child is reaped until the command ends; then whatever it left running is killed, and provided files the command changed are
-//!    written through to the overlay when the step is committed.
+//!    its spec); every child is reaped until the command ends; then whatever it left running
+//!    is killed, and provided files the command changed are written through to the overlay
+//!    when the step is committed.
 //!
 //! PID 1 keeps full privileges (it must unmount at the end) and is made non-dumpable, so the
 //! container's processes can neither trace it nor open `/proc/1/exe` (the host's binary).
@@ -53,9 +54,6 @@ const MASKED_PROC: [&str; 10] = [
 const MASKED_SYS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 /// Docker's read-only `/proc` entries (`/proc/sys` and `/proc/sysrq-trigger` above all).
 const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
-
-/// How many times PID 1 scans for processes to kill before it leaves them to the kernel.
-const MAX_KILL_ROUNDS: usize = 64;
 
 /// `/dev` character devices: name, major, minor.
 const DEVICES: [(&str, u32, u32); 6] = [
@@ -547,15 +545,9 @@ fn command_env(env: &[String], user: &ExecUser) -> Vec<String> {
 /// root and working directory along with PID 1's. Its stdin is a socket: it says it is ready,
 /// then waits for its spec.
 ///
-/// It runs from a read-only bind mount of this binary: it is the one imgb process the command
-/// can reach, and a command that makes it re-execute itself (an image whose command is a
-/// `#!/proc/self/exe` script, runc's CVE-2019-5736) must find no writable host binary behind
-/// `/proc/<pid>/exe`.
 fn start_exec_stage(run_dir: &RunDir<'_>) -> Result<(std::process::Child, UnixStream), StageError> {
     let (ours, theirs) = UnixStream::pair().context(|| "creating the exec socket".into())?;
-    let binary = run_dir.exec_binary();
-    read_only_self(&binary)?;
-    let child = sibling_stage_from(&binary, "exec")
+    let child = exec_stage_command(run_dir)?
         .stdin(Stdio::from(rustix::fd::OwnedFd::from(theirs)))
         .spawn()
         .context(|| "starting the exec stage".into())?;
@@ -564,6 +556,16 @@ fn start_exec_stage(run_dir: &RunDir<'_>) -> Result<(std::process::Child, UnixSt
         .read_exact(&mut ready)
         .context(|| "waiting for the exec stage".into())?;
     Ok((child, ours))
+}
+
+/// The exec stage runs from a read-only bind mount of this binary: it is the one imgb process
+/// the command can reach, and a command that makes it re-execute itself (an image whose
+/// command is a `#!/proc/self/exe` script, runc's CVE-2019-5736) must find no writable host
+/// binary behind `/proc/<pid>/exe`.
+fn exec_stage_command(run_dir: &RunDir<'_>) -> Result<std::process::Command, StageError> {
+    let binary = run_dir.exec_binary();
+    read_only_self(&binary)?;
+    Ok(sibling_stage_from(&binary, "exec"))
 }
 
 /// A read-only bind mount of this binary at `at` (an empty file it creates). `/proc/self/exe`
@@ -618,27 +620,18 @@ fn run_command(
 }
 
 /// Kills and reaps every other process in the namespace (background jobs of the command), so
-/// that nothing writes to the root filesystem any more. A fork bomb can refill the namespace
-/// between two scans: after [`MAX_KILL_ROUNDS`] the rest is left to the kernel, which kills
-/// every process of the namespace when PID 1 exits, before the supervisor commits anything.
+/// that nothing writes to the root filesystem any more. One `kill(-1)` reaches them all, fork
+/// bombs included (no process can be born during it); reaping then ends, as nothing is left
+/// that could fork. Scanning `/proc` instead never ends against a bomb that refills the
+/// namespace between scans.
 fn kill_everything_else() {
-    for _ in 0..MAX_KILL_ROUNDS {
-        let mut killed_any = false;
-        if let Ok(entries) = fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let pid = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|name| name.parse::<i32>().ok())
-                    .and_then(Pid::from_raw);
-                if let Some(pid) = pid.filter(|pid| !pid.is_init()) {
-                    killed_any |= rustix::process::kill_process(pid, Signal::KILL).is_ok();
-                }
-            }
-        }
-        while let Ok(Some(_)) = rustix::process::wait(WaitOptions::empty()) {}
-        if !killed_any {
-            return;
+    // ESRCH: there was nothing left to kill.
+    let _ = crate::sys::kill_all_others();
+    loop {
+        match rustix::process::wait(WaitOptions::empty()) {
+            Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+            // ECHILD: every process is reaped.
+            Ok(None) | Err(_) => return,
         }
     }
 }
@@ -672,6 +665,52 @@ fn write_back_changed_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exec_stage_starts_from_a_read_only_mount_of_this_binary() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("notice: mounting needs root; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().to_owned();
+        // Mount namespaces are per thread: this one's dies with it, taking the mount along.
+        std::thread::spawn(move || {
+            crate::sys::unshare(UnshareFlags::NEWNS).unwrap();
+            rustix::mount::mount_change(
+                "/",
+                MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+            )
+            .unwrap();
+            let command = exec_stage_command(&RunDir(&run_dir)).unwrap();
+            let program = Path::new(command.get_program());
+            assert_eq!(program, RunDir(&run_dir).exec_binary());
+            let identity = |stat: rustix::fs::Stat| (stat.st_dev, stat.st_ino);
+            assert_eq!(
+                identity(rustix::fs::stat(program).unwrap()),
+                identity(rustix::fs::stat("/proc/self/exe").unwrap())
+            );
+            let mount = rustix::fs::statvfs(program).unwrap();
+            assert!(
+                mount.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+                "{} is writable",
+                program.display()
+            );
+            // A truncating open asks the mount first: EROFS, where a writable mount would
+            // have let it through to the running binary's ETXTBSY.
+            let error = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(program)
+                .unwrap_err();
+            assert_eq!(
+                error.raw_os_error(),
+                Some(rustix::io::Errno::ROFS.raw_os_error())
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn env_defaults_are_added_only_when_missing() {
