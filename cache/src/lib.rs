@@ -68,6 +68,7 @@ pub mod reference;
 pub mod registry;
 pub mod registry_index;
 pub mod root;
+pub mod seal;
 pub mod snapshot;
 pub mod store;
 mod tar_format;

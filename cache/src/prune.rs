@@ -40,8 +40,9 @@ use crate::lease::{LiveLeases, RemoveStale, Resource, ctime, live_leases, lock_f
 use crate::store::{Store, StoreError, TmpDir};
 use crate::usage;
 
-/// Files beside `snapshots/<hex>`: its maker's lock and the settings that rebuild its tar.
-const SNAPSHOT_SIDECARS: [&str; 2] = [".lock", ".json"];
+/// Files beside `snapshots/<hex>`: its maker's lock, the settings that rebuild its tar and
+/// its seal.
+pub(crate) const SNAPSHOT_SIDECARS: [&str; 3] = [".lock", ".json", ".seal"];
 
 /// What a cache record needs to be usable.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,6 +27,14 @@
 //!   `.json` file whose snapshot never appeared, rewritten by the next adoption).
 //! - Snapshots are read-only by contract: nothing here or in the runner writes to them (the
 //!   runner's writes go to an overlay upper directory), so a snapshot's tar never changes.
+//! - What breaks that contract from outside (a flipped byte, a file added, removed or
+//!   chmodded) is caught before a build uses the snapshot: each is sealed
+//!   (`snapshots/<hex>.seal`, see [`crate::seal`]) before it is renamed into place, and
+//!   [`Store::ensure_snapshot`] compares the tree with its seal the first time a process uses
+//!   it. A snapshot unpacked from a blob that differs is unpacked again; an adopted one is
+//!   verified by rehashing its tar (a copied store changes inodes, not content) and, when its
+//!   tar changed, reported as [`SnapshotError::Changed`]: the build removes it and reruns the
+//!   step that made it, so the corruption never reaches a new layer.
 
 use std::fs::{self, File};
 use std::io;
@@ -39,7 +47,8 @@ use crate::layer::{IdMap, LayerError, OverlayTarSettings, hash_overlay_tar, writ
 use crate::lease::Resource;
 use crate::lock::FileLock;
 use crate::oci::{Descriptor, media_type};
-use crate::store::{Durability, Store, StoreError, TmpDir, remove_tree};
+use crate::seal::{Change, SealDifference, first_difference, write_seal};
+use crate::store::{Durability, Store, StoreError, TmpDir, TmpFile, remove_tree};
 
 /// A layer held as its snapshot: what a build step yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,8 +127,30 @@ pub enum SnapshotError {
         actual: Option<Digest>,
         actual_size: u64,
     },
+    #[error(
+        "the snapshot {path} of layer {diff_id} changed after it was stored: {difference}, \
+         and its tar no longer gives the layer (hint: imgb build removes it and rebuilds the \
+         step that made it; nothing may write to snapshots)",
+        path = path.display()
+    )]
+    Changed {
+        diff_id: Digest,
+        path: PathBuf,
+        difference: SealDifference,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl SnapshotError {
+    /// The layer whose stored content no longer matches it, when that is what this reports.
+    pub fn corrupt_content(&self) -> Option<&Digest> {
+        match self {
+            Self::Changed { diff_id, .. } => Some(diff_id),
+            Self::Store(error) => error.corrupt_content(),
+            _ => None,
+        }
+    }
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
@@ -185,6 +216,23 @@ impl Store {
         }
     }
 
+    /// The settings that rebuild the tar of `diff_id`'s snapshot from this process.
+    fn rebuild_settings(&self, diff_id: &Digest) -> Result<OverlayTarSettings, SnapshotError> {
+        let mut settings = self.snapshot_tar_settings(diff_id)?;
+        // Adopted in this very namespace (imgb itself in a user namespace): owners already
+        // look as they did then.
+        if settings.ids.is_some()
+            && settings.ids
+                == IdMap::of_current_process().map_err(io_error(
+                    "read the id maps of",
+                    &self.snapshot_path(diff_id),
+                ))?
+        {
+            settings.ids = None;
+        }
+        Ok(settings)
+    }
+
     /// Writes the snapshot of `diff_id` as its tar (see [`write_overlay_tar`]).
     pub fn write_snapshot_tar(
         &self,
@@ -192,17 +240,100 @@ impl Store {
         out: impl io::Write,
     ) -> Result<(), SnapshotError> {
         let path = self.snapshot_path(diff_id);
-        let mut settings = self.snapshot_tar_settings(diff_id)?;
-        // Adopted in this very namespace (imgb itself in a user namespace): owners already
-        // look as they did then.
-        if settings.ids.is_some()
-            && settings.ids
-                == IdMap::of_current_process().map_err(io_error("read the id maps of", &path))?
-        {
-            settings.ids = None;
-        }
+        let settings = self.rebuild_settings(diff_id)?;
         write_overlay_tar(out, &path, &settings)
             .map_err(|source| SnapshotError::Tar { path, source })
+    }
+
+    fn seal_path(&self, diff_id: &Digest) -> PathBuf {
+        self.snapshots_dir().join(format!("{}.seal", diff_id.hex()))
+    }
+
+    /// Seals `dir`, the tree of `diff_id`'s snapshot, before or after it is in place. Not
+    /// synced: a snapshot about to be renamed into place is synced with its filesystem first.
+    fn seal_snapshot(&self, diff_id: &Digest, dir: &Path) -> Result<(), SnapshotError> {
+        let staged = TmpFile::create(&self.tmp_dir(), "seal")?;
+        let mut out = io::BufWriter::new(staged);
+        write_seal(dir, &mut out).map_err(io_error("seal", dir))?;
+        let staged = out
+            .into_inner()
+            .map_err(|error| io_error("seal", dir)(error.into_error()))?;
+        staged.rename_into(&self.seal_path(diff_id))?;
+        Ok(())
+    }
+
+    fn mark_checked(&self, diff_id: &Digest) {
+        self.checked_snapshots().insert(diff_id.clone());
+    }
+
+    /// Whether the snapshot at `path` of `layer` (whose diffID is `diff_id`) is as it was
+    /// stored. A changed snapshot that the layer's blob can remake is moved out of the way
+    /// (false: the caller unpacks it again); a changed adopted one is an error.
+    fn snapshot_intact(
+        &self,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        path: &Path,
+    ) -> Result<bool, SnapshotError> {
+        if self.checked_snapshots().contains(diff_id) {
+            return Ok(true);
+        }
+        let seal_path = self.seal_path(diff_id);
+        let difference = match File::open(&seal_path) {
+            Ok(seal) => first_difference(path, io::BufReader::new(seal))
+                .map_err(io_error("check the seal of", path))?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Some(SealDifference {
+                path: String::new(),
+                change: Change::NoSeal,
+            }),
+            Err(error) => return Err(io_error("open", &seal_path)(error)),
+        };
+        let Some(difference) = difference else {
+            self.mark_checked(diff_id);
+            return Ok(true);
+        };
+        let remakeable = self.has_blob(&layer.digest);
+        if remakeable && difference.change == Change::NoSeal {
+            // Unpacked by an imgb that did not seal: trusted as it was then.
+            self.seal_snapshot(diff_id, path)?;
+            self.mark_checked(diff_id);
+            return Ok(true);
+        }
+        if remakeable {
+            eprintln!(
+                "warning: the snapshot {} of layer {diff_id} changed after it was stored \
+                 ({difference}); unpacking it again from {}",
+                path.display(),
+                layer.digest
+            );
+            let _lock = FileLock::exclusive(&self.lock_path(diff_id))?;
+            let aside = TmpDir::create(&self.tmp_dir(), "changed-snapshot")?;
+            let moved = aside.path().join("snapshot");
+            match fs::rename(path, &moved) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error("move aside", path)(error));
+                }
+                _ => return Ok(false),
+            }
+        }
+        // Adopted: its tar, rebuilt, still giving the layer means only stat data moved (a copied
+        // store); the snapshot is sealed anew.
+        let settings = self.rebuild_settings(diff_id)?;
+        let (actual, _) =
+            hash_overlay_tar(path, &settings).map_err(|source| SnapshotError::Tar {
+                path: path.to_owned(),
+                source,
+            })?;
+        if actual != *diff_id {
+            return Err(SnapshotError::Changed {
+                diff_id: diff_id.clone(),
+                path: path.to_owned(),
+                difference,
+            });
+        }
+        self.seal_snapshot(diff_id, path)?;
+        self.mark_checked(diff_id);
+        Ok(true)
     }
 
     /// Takes `dir` (a complete directory in overlayfs form inside `tmp/`, which nothing writes
@@ -255,6 +386,7 @@ impl Store {
                 .map_err(|source| io_error("encode", &settings_path)(io::Error::other(source)))?;
             self.write_small_file(&settings_path, &bytes, Durability::Synced)?;
         }
+        self.seal_snapshot(&layer.diff_id, dir)?;
         sync_filesystem(dir)?;
         fs::rename(dir, &path).map_err(|source| {
             let hint = if source.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) {
@@ -270,6 +402,7 @@ impl Store {
         File::open(self.snapshots_dir())
             .and_then(|snapshots| snapshots.sync_all())
             .map_err(io_error("fsync", &self.snapshots_dir()))?;
+        self.mark_checked(&layer.diff_id);
         Ok(layer)
     }
 
@@ -278,7 +411,8 @@ impl Store {
     }
 
     /// Makes the snapshot of the stored layer blob `layer` unless it exists; `diff_id` is what
-    /// the image config says the layer unpacks to, and is verified.
+    /// the image config says the layer unpacks to, and is verified. One that exists is
+    /// compared with its seal the first time this process uses it (see the module docs).
     pub fn ensure_snapshot(
         &self,
         layer: &Descriptor,
@@ -286,7 +420,7 @@ impl Store {
     ) -> Result<PathBuf, SnapshotError> {
         self.protect(&Resource::Snapshot(diff_id.clone()))?;
         let path = self.snapshot_path(diff_id);
-        if path.is_dir() {
+        if path.is_dir() && self.snapshot_intact(layer, diff_id, &path)? {
             return Ok(path);
         }
         let _lock = FileLock::exclusive(&self.lock_path(diff_id))?;
@@ -312,12 +446,14 @@ impl Store {
                 actual,
             });
         }
+        self.seal_snapshot(diff_id, staging.path())?;
         sync_filesystem(staging.path())?;
         fs::rename(staging.path(), &path).map_err(io_error("rename into place", &path))?;
         staging.keep();
         File::open(self.snapshots_dir())
             .and_then(|dir| dir.sync_all())
             .map_err(io_error("fsync", &self.snapshots_dir()))?;
+        self.mark_checked(diff_id);
         Ok(path)
     }
 }
@@ -522,6 +658,100 @@ mod tests {
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 
+    /// `cp -a`: content, modes, owners, times, xattrs and hard links, on new inodes.
+    fn copy_tree(from: &Path, to: &Path) {
+        let status = std::process::Command::new("cp")
+            .args(["-a", "--"])
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The same store as a new process opens it: no snapshot checked yet.
+    fn reopened(store: &Store) -> Store {
+        Store::open(store.root()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_adopted_snapshot_is_refused_with_the_path_that_differs() {
+        let (_dir, store) = store();
+        let layer = store
+            .adopt_snapshot(&step_output(&store, "step"), Some(5))
+            .unwrap();
+        let path = store.snapshot(&layer.diff_id).unwrap();
+        fs::write(path.join("sub/file"), b"CONTENT").unwrap();
+
+        // The adopting process vouches for what it made; the next one checks.
+        assert!(
+            store
+                .ensure_snapshot(&layer.descriptor(), &layer.diff_id)
+                .is_ok()
+        );
+        let error = reopened(&store)
+            .ensure_snapshot(&layer.descriptor(), &layer.diff_id)
+            .unwrap_err();
+        assert_eq!(error.corrupt_content(), Some(&layer.diff_id), "{error}");
+        assert!(error.to_string().contains("/sub/file changed"), "{error}");
+
+        store.discard_corrupt(&layer.diff_id).unwrap();
+        let leftovers: Vec<_> = fs::read_dir(store.snapshots_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| !name.to_string_lossy().ends_with(".lock"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn an_adopted_snapshot_with_new_inodes_but_the_same_tar_is_sealed_again() {
+        let (_dir, store) = store();
+        let layer = store
+            .adopt_snapshot(&step_output(&store, "step"), Some(5))
+            .unwrap();
+        let path = store.snapshot(&layer.diff_id).unwrap();
+        let copy = store.tmp_dir().join("copy");
+        copy_tree(&path, &copy);
+        fs::remove_dir_all(&path).unwrap();
+        fs::rename(&copy, &path).unwrap();
+        let seal = fs::read(store.seal_path(&layer.diff_id)).unwrap();
+
+        reopened(&store)
+            .ensure_snapshot(&layer.descriptor(), &layer.diff_id)
+            .unwrap();
+        assert_ne!(fs::read(store.seal_path(&layer.diff_id)).unwrap(), seal);
+        reopened(&store)
+            .ensure_snapshot(&layer.descriptor(), &layer.diff_id)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_changed_snapshot_of_a_stored_blob_is_unpacked_again() {
+        let (dir, store) = store();
+        let source = dir.path().join("src");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("a"), b"original").unwrap();
+        let (descriptor, diff_id) = layer(&store, &source, &LayerChanges::default());
+        let path = store.ensure_snapshot(&descriptor, &diff_id).unwrap();
+        fs::write(path.join("a"), b"tampered").unwrap();
+        fs::write(path.join("extra"), b"x").unwrap();
+
+        let again = reopened(&store)
+            .ensure_snapshot(&descriptor, &diff_id)
+            .unwrap();
+        assert_eq!(fs::read(again.join("a")).unwrap(), b"original");
+        assert!(!again.join("extra").exists());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+
+        // A snapshot an older imgb made has no seal: it is sealed as it is.
+        fs::remove_file(store.seal_path(&diff_id)).unwrap();
+        reopened(&store)
+            .ensure_snapshot(&descriptor, &diff_id)
+            .unwrap();
+        assert!(store.seal_path(&diff_id).is_file());
+    }
+
     #[test]
     fn overlay_whiteouts_give_the_tar_of_the_listed_deletions() {
         if !rustix::process::geteuid().is_root() {
@@ -542,13 +772,7 @@ mod tests {
         let (descriptor, listed_diff_id) = layer(&store, &listed, &changes);
         let overlay = store.ensure_snapshot(&descriptor, &listed_diff_id).unwrap();
         let copy = store.tmp_dir().join("overlay-form");
-        let status = std::process::Command::new("cp")
-            .args(["-a", "--"])
-            .arg(&overlay)
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        copy_tree(&overlay, &copy);
         fs::remove_dir_all(&overlay).unwrap();
         let adopted = store.adopt_snapshot(&copy, Some(1_700_000_000)).unwrap();
         assert_eq!(adopted.diff_id, listed_diff_id);

@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::compress::Compression;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::digest::{Digest, Hasher, HashingWriter};
 use crate::lease::{Lease, Resource};
@@ -55,6 +56,8 @@ const LAYOUT: &[&str] = &[
 pub struct Store {
     root: PathBuf,
     lease: Option<Arc<Lease>>,
+    /// Snapshots this process has checked against their seals, or made: each is checked once.
+    checked_snapshots: Arc<Mutex<HashSet<Digest>>>,
 }
 
 /// A blob that is durable in the store.
@@ -151,7 +154,11 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(StoreError::io("create directory", &path))?;
         }
-        Ok(Self { root, lease: None })
+        Ok(Self {
+            root,
+            lease: None,
+            checked_snapshots: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -162,7 +169,19 @@ impl Store {
         Store {
             root: self.root.clone(),
             lease: Some(Arc::new(lease)),
+            checked_snapshots: Arc::clone(&self.checked_snapshots),
         }
+    }
+
+    /// The snapshots this process has found intact or made (see [`Store::ensure_snapshot`]).
+    pub(crate) fn checked_snapshots(&self) -> MutexGuard<'_, HashSet<Digest>> {
+        self.checked_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forget_checked_snapshot(&self, diff_id: &Digest) {
+        self.checked_snapshots().remove(diff_id);
     }
 
     /// The lease this store adds what it uses to, if any.
@@ -342,9 +361,11 @@ impl Store {
     /// them (or the next pull fetches them again). Each is renamed into `tmp/` first, so no
     /// reader ever sees it half deleted; what cannot be deleted there is a leftover prune removes.
     pub fn discard_corrupt(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.forget_checked_snapshot(digest);
         let snapshot = self.snapshot_path(digest);
         let settings = snapshot.with_extension("json");
-        for path in [self.blob_path(digest), snapshot, settings] {
+        let seal = snapshot.with_extension("seal");
+        for path in [self.blob_path(digest), snapshot, settings, seal] {
             let moved = self.tmp_dir().join(format!(
                 "corrupt-{}-{}",
                 std::process::id(),
@@ -690,7 +711,7 @@ impl TmpFile {
     }
 
     /// Renames to `dest` without syncing: atomic, but may be lost in a crash.
-    fn rename_into(mut self, dest: &Path) -> Result<(), StoreError> {
+    pub(crate) fn rename_into(mut self, dest: &Path) -> Result<(), StoreError> {
         fs::rename(&self.path, dest).map_err(StoreError::io("rename into place", dest))?;
         self.persisted = true;
         Ok(())

@@ -56,11 +56,11 @@ fn usage_of(dir: &Path) -> io::Result<KindUsage> {
         // Records are files: a directory among them is an index (by-name, context listings).
         let index = dir.ends_with("records") && entry.file_type()?.is_dir();
         let name = entry.file_name();
-        // A snapshot's lock and settings files; a download record is `<name>.json` itself.
+        // A snapshot's lock, settings and seal; a download record is `<name>.json` itself.
         let sidecar = dir.ends_with("snapshots")
-            && [b".lock".as_slice(), b".json"]
+            && crate::prune::SNAPSHOT_SIDECARS
                 .iter()
-                .any(|suffix| name.as_encoded_bytes().ends_with(suffix));
+                .any(|suffix| name.as_encoded_bytes().ends_with(suffix.as_bytes()));
         let bookkeeping = index || sidecar;
         usage.items += u64::from(!bookkeeping);
         usage.bytes += tree_bytes(&entry.path(), &mut seen)?;

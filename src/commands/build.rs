@@ -16,14 +16,14 @@ use imgb_builder::execute::{Secret, StoreExecutor, cache_mounts_used, pack_cache
 use imgb_builder::graph::BuildGraph;
 use imgb_builder::solve::{
     Cancel, ExportMode, Filesystem, ProgressEvent, RecordStore, RemoteRecords, Solution,
-    SolveOptions, Solved, Solver, cache_content, exported_steps,
+    SolveOptions, Solved, Solver, VertexError, cache_content, exported_steps,
 };
 use imgb_cache::build_cache::export_cache;
 use imgb_cache::oci::{self, Descriptor};
 use imgb_cache::registry::Registry;
 use imgb_cache::{
     Destination, Digest, ExportError, ImageError, LayerCompressionChoice, OutputKind, OutputSpec,
-    Reference, Resource, Store, StoreError, StoredImage, export, exported_image,
+    Reference, Resource, SnapshotError, Store, StoreError, StoredImage, export, exported_image,
 };
 use imgb_frontend::Diagnostic;
 use imgb_frontend::image::{created_time, from_oci, stage_config};
@@ -129,24 +129,29 @@ pub fn run(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
     if let Some(server) = &args.remote.remote {
         return remote::build(server, args);
     }
-    let error = match build(root.clone(), args) {
-        Err(error) => error,
-        done => return done,
-    };
-    // A cache hit whose layer no longer verifies is rebuilt, once: the corrupt blob or
-    // snapshot leaves the store, so the records naming it miss and the step runs again.
-    let Some(digest) = corrupt_content(&error) else {
-        if error.chain().any(is_out_of_space) {
-            eprintln!("{}", out_of_space_hint(&open_store(root)?));
-        }
-        return Err(error);
-    };
-    eprintln!("warning: {error:#}");
-    eprintln!("warning: removing the corrupt layer {digest} from the store and building again");
-    open_leased_store(root.clone(), "build")?
-        .discard_corrupt(&digest)
-        .with_context(|| format!("removing the corrupt layer {digest}"))?;
-    build(root, args)
+    // A layer that no longer verifies (a snapshot changed before a step used it, a blob or
+    // snapshot an export read) leaves the store, so the records naming it miss and the steps
+    // run again; once per corrupt layer.
+    let mut discarded = Vec::new();
+    loop {
+        let error = match build(root.clone(), args) {
+            Err(error) => error,
+            done => return done,
+        };
+        let Some(digest) = corrupt_content(&error).filter(|digest| !discarded.contains(digest))
+        else {
+            if error.chain().any(is_out_of_space) {
+                eprintln!("{}", out_of_space_hint(&open_store(root)?));
+            }
+            return Err(error);
+        };
+        eprintln!("warning: {error:#}");
+        eprintln!("warning: removing the corrupt layer {digest} from the store and building again");
+        open_leased_store(root.clone(), "build")?
+            .discard_corrupt(&digest)
+            .with_context(|| format!("removing the corrupt layer {digest}"))?;
+        discarded.push(digest);
+    }
 }
 
 /// Whether `cause` is a full disk (ENOSPC, or a quota).
@@ -181,6 +186,13 @@ fn corrupt_content(error: &anyhow::Error) -> Option<Digest> {
                     cause
                         .downcast_ref::<StoreError>()
                         .and_then(StoreError::corrupt_content)
+                })
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<VertexError>()
+                        .and_then(VertexError::exec_failure)
+                        .and_then(|failure| failure.downcast_ref::<SnapshotError>())
+                        .and_then(SnapshotError::corrupt_content)
                 })
         })
         .cloned()
@@ -525,17 +537,18 @@ pub fn execute(
     drop(solver);
     host.solve_ended();
     let solution = solution.map_err(|error| {
+        let error = anyhow::Error::new(error);
+        if corrupt_content(&error).is_some() {
+            // `run` removes the layer and builds again.
+            return BuildFailure::Error(error);
+        }
         let mut text = format!("error: {error}");
-        if let imgb_builder::solve::SolveError::Vertex { name, .. } = &error
+        if let Some(imgb_builder::solve::SolveError::Vertex { name, .. }) = error.downcast_ref()
             && let Some(excerpt) = step_excerpt(loaded, name)
         {
             text = format!("{text}\n{excerpt}");
         }
-        let mut causes = std::iter::successors(
-            Some(&error as &(dyn std::error::Error + 'static)),
-            |cause| cause.source(),
-        );
-        if causes.any(is_out_of_space) {
+        if error.chain().any(is_out_of_space) {
             text = format!("{text}\n{}", out_of_space_hint(&store));
         }
         BuildFailure::Reported(text)

@@ -1,5 +1,6 @@
 //! Faults in the store (issue 8, class 4): imgb SIGKILLed at random points of builds, flipped
-//! bytes in stored blobs and snapshots, many concurrent builds on one store, and a state
+//! bytes in stored blobs and snapshots (found at export, or before a step uses the snapshot as
+//! a lower directory or COPY source), many concurrent builds on one store, and a state
 //! directory that runs out of space. After each, the store opens, every blob verifies, no
 //! record names a missing or partial layer, and the same build gives the image a clean build
 //! in an empty state directory gives, byte for byte (`SOURCE_DATE_EPOCH`). Prune running during
@@ -288,6 +289,111 @@ fn a_flipped_byte_in_a_snapshot_is_never_exported_and_the_layer_is_rebuilt() {
     let again = fs::read(dir.path().join("again.tar")).unwrap();
     assert_same_archive(&again, &clean, "the image rebuilt after the corruption");
     assert_store_consistent(&root, Leftovers::None);
+}
+
+/// A stage whose ADD layer a test damages after a first build has stored it.
+const PAYLOAD_STAGE: &str = "FROM scratch AS payload\n\
+    COPY busybox /bin/busybox\n\
+    ADD payload.tar /payload/\n";
+
+/// How a stored snapshot is damaged from outside imgb.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    FlipByte,
+    DeleteFile,
+    AddFile,
+    Chmod,
+}
+
+impl Damage {
+    const ALL: [Damage; 4] = [
+        Damage::FlipByte,
+        Damage::DeleteFile,
+        Damage::AddFile,
+        Damage::Chmod,
+    ];
+
+    /// Damages the snapshot holding `file`; returns the difference the warning should name.
+    fn apply(self, file: &Path) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        match self {
+            Damage::FlipByte => {
+                flip_byte(file);
+                "/payload/d3/f150 changed (mtime)".to_owned()
+            }
+            Damage::DeleteFile => {
+                fs::remove_file(file).unwrap();
+                "/payload/d3/f150 was removed".to_owned()
+            }
+            Damage::AddFile => {
+                fs::write(file.with_file_name("intruder"), b"not in the layer").unwrap();
+                "/payload/d3/intruder was added".to_owned()
+            }
+            Damage::Chmod => {
+                fs::set_permissions(file, fs::Permissions::from_mode(0o600)).unwrap();
+                "/payload/d3/f150 changed (mode)".to_owned()
+            }
+        }
+    }
+}
+
+/// For each kind of [`Damage`]: builds [`PAYLOAD_STAGE`] alone, damages its ADD layer's
+/// snapshot, then builds `PAYLOAD_STAGE + rest`, whose new steps use that snapshot; the result
+/// must be the image a clean build of it gives, and the warning must name the damage.
+fn damaged_snapshot_is_rebuilt_before_use(rest: &str) {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let context = context(dir.path(), &busybox, "");
+    let full = format!("{PAYLOAD_STAGE}{rest}");
+    fs::write(context.join("Dockerfile"), &full).unwrap();
+    let clean = build_bytes(
+        &dir.path().join("clean-root"),
+        &context,
+        &dir.path().join("clean.tar"),
+    );
+    for damage in Damage::ALL {
+        let root = dir.path().join(format!("{damage:?}"));
+        fs::write(context.join("Dockerfile"), PAYLOAD_STAGE).unwrap();
+        build_bytes(&root, &context, &dir.path().join("stage.tar"));
+        let snapshots = Store::open(&root).unwrap().snapshots_dir();
+        let file = find_file(&snapshots, "f150").expect("the ADD layer's snapshot");
+        let named = damage.apply(&file);
+
+        fs::write(context.join("Dockerfile"), &full).unwrap();
+        let out = dir.path().join(format!("{damage:?}.tar"));
+        let output = build(&root, &context, &out);
+        let message = stderr(&output);
+        assert!(output.status.success(), "{damage:?}: {message}");
+        assert_same_archive(
+            &fs::read(&out).unwrap(),
+            &clean,
+            &format!("{damage:?}: the image built after the damage"),
+        );
+        assert!(
+            message.contains("changed after it was stored")
+                && message.contains(&named)
+                && message.contains("building again"),
+            "{damage:?}: the warning does not name {named:?}: {message}"
+        );
+        assert_store_consistent(&root, Leftovers::None);
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_used_as_a_lower_dir_is_rebuilt_first() {
+    // The damaged layer is not in the image: only what the RUN saw of it is.
+    damaged_snapshot_is_rebuilt_before_use(
+        "FROM payload AS copied\n\
+         RUN [\"/bin/busybox\", \"cp\", \"-a\", \"/payload\", \"/copy\"]\n\
+         FROM scratch\n\
+         COPY --from=copied /copy /payload\n",
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_used_as_a_copy_source_is_rebuilt_first() {
+    damaged_snapshot_is_rebuilt_before_use("FROM scratch\nCOPY --from=payload /payload /payload\n");
 }
 
 #[test]

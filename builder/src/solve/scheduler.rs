@@ -109,6 +109,15 @@ impl VertexError {
     fn is_cancellation(&self) -> bool {
         matches!(self, VertexError::Exec(ExecError::Cancelled))
     }
+
+    /// What the executor failed with, for callers that act on its type (its `Display` and
+    /// source are forwarded, so an error chain skips it).
+    pub fn exec_failure(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            VertexError::Exec(ExecError::Failed(error)) => Some(error.as_ref()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

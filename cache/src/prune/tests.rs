@@ -369,7 +369,7 @@ fn tmp_leftovers_go_unless_a_live_lease_is_older() {
 }
 
 #[test]
-fn lock_settings_and_index_files_go_with_their_snapshot_and_record() {
+fn lock_settings_seal_and_index_files_go_with_their_snapshot_and_record() {
     let fixture = Fixture::new();
     let layer = fixture.layer("x", 1000);
     fixture.record("r", &[&layer]);
@@ -384,10 +384,13 @@ fn lock_settings_and_index_files_go_with_their_snapshot_and_record() {
     assert!(lock.exists(), "ensure_snapshot leaves its lock file");
     let settings = lock.with_extension("json");
     fs::write(&settings, b"{}").unwrap();
+    let seal = lock.with_extension("seal");
+    assert!(seal.exists(), "ensure_snapshot seals the snapshot");
     fixture.prune(&options());
     assert!(!by_name.join("position").exists());
     assert!(!lock.exists());
     assert!(!settings.exists());
+    assert!(!seal.exists());
 }
 
 #[test]
