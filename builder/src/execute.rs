@@ -35,7 +35,7 @@ use crate::solve::{
 };
 use imgb_cache::oci::{Descriptor, Platform};
 use imgb_cache::registry::Registry;
-use imgb_cache::{Digest, ImageError, Reference, Store};
+use imgb_cache::{ApplyLimits, Digest, ImageError, Reference, Store};
 use imgb_runner::{CommitTo, RunSpec, RunStatus, Runner};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -173,7 +173,13 @@ impl StoreExecutor {
             .prefix("fileop-")
             .tempdir_in(self.store.tmp_dir())
             .map_err(failed)?;
-        apply_file_actions(actions, &base_view, &roots, upper.path()).map_err(failed)?;
+        // An archive ADD extracts writes what the step's disk limit allows, as a RUN may.
+        let unpack_limits = ApplyLimits {
+            max_tar_bytes: self.runner.limits().disk_max.unwrap_or(u64::MAX),
+            ..ApplyLimits::default()
+        };
+        apply_file_actions(actions, &base_view, &roots, upper.path(), unpack_limits)
+            .map_err(failed)?;
         let layer = self
             .store
             .adopt_snapshot(upper.path(), self.source_date_epoch)

@@ -29,7 +29,7 @@ use crate::ignore::IgnoreRules;
 use crate::layered::{LayeredView, MAX_SYMLINKS, ViewEntry, ViewError};
 use crate::path_io::{PathIoError, io_error};
 use imgb_cache::{
-    ApplyError, ApplyOptions, Below, BelowEntry, Whiteouts, apply_over, is_tar_archive,
+    ApplyError, ApplyLimits, ApplyOptions, Below, BelowEntry, Whiteouts, apply_over, is_tar_archive,
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -76,6 +76,13 @@ pub enum FileOpError {
         #[source]
         source: ApplyError,
     },
+    #[error(
+        "extracting the archive {archive}: its content passes {:.1} MiB, the disk a step may \
+         write (--run-disk-max; each entry counts at least 512 bytes) (hint: raise \
+         --run-disk-max if the archive is trusted)",
+        *max as f64 / f64::from(1 << 20)
+    )]
+    ArchiveTooLarge { archive: String, max: u64 },
     #[error("the step reads input {0}, which it was not given")]
     MissingInput(usize),
     #[error(transparent)]
@@ -92,12 +99,14 @@ pub enum SourceRoot<'a> {
 }
 
 /// Applies `actions` to `upper`; `inputs[0]` is the base filesystem (its view resolves
-/// destinations and owner names), `inputs[n]` what a copy with `input: n` reads.
+/// destinations and owner names), `inputs[n]` what a copy with `input: n` reads. ADD's
+/// archives are extracted within `unpack_limits`.
 pub fn apply_file_actions(
     actions: &[FileAction],
     base: &LayeredView,
     inputs: &[Option<SourceRoot<'_>>],
     upper: &Path,
+    unpack_limits: ApplyLimits,
 ) -> Result<(), FileOpError> {
     let writer = Writer { base, upper };
     for action in actions {
@@ -157,6 +166,7 @@ pub fn apply_file_actions(
                     parents: *parents,
                     linked: Mutex::default(),
                     unpack_archives: *unpack_archives,
+                    unpack_limits,
                     shareable: matches!(root, SourceRoot::View(_)),
                 };
                 match root {
@@ -277,6 +287,7 @@ struct CopySpec<'a> {
     /// other names become hard links to the first copy, as BuildKit keeps them.
     linked: Mutex<HashMap<(u64, u64), PathBuf>>,
     unpack_archives: bool,
+    unpack_limits: ApplyLimits,
     /// The sources are snapshots (another stage or an image), which never change: a file whose
     /// owner and mode stay as they are is linked, not copied.
     shareable: bool,
@@ -581,6 +592,7 @@ impl Writer<'_> {
         let resolved = self.resolve_in_base(copy.dest)?;
         let target = self.create_dirs(&resolved, copy.ids)?;
         let options = ApplyOptions {
+            limits: copy.unpack_limits,
             owner: copy.ids,
             whiteouts: Whiteouts::Literal,
             root_metadata: false,
@@ -590,11 +602,14 @@ impl Writer<'_> {
             base: self.base,
             prefix: &resolved,
         };
-        apply_over(open()?, &target, &options, Some(&below)).map_err(|source| {
-            FileOpError::Unpack {
-                archive: source_path.to_string(),
-                source,
-            }
+        let archive = source_path.to_string();
+        apply_over(open()?, &target, &options, Some(&below)).map_err(|source| match source {
+            ApplyError::LimitExceeded {
+                field: "max_tar_bytes",
+                max,
+                ..
+            } => FileOpError::ArchiveTooLarge { archive, max },
+            source => FileOpError::Unpack { archive, source },
         })?;
         Ok(true)
     }

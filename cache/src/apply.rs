@@ -71,6 +71,9 @@ pub struct ApplyLimits {
     /// ...checked only once the tar exceeds this many bytes, so small, highly compressible
     /// layers are never refused.
     pub expansion_floor: u64,
+    /// Decompressed tar bytes in all, headers included: bounds the disk an extraction takes,
+    /// and its entry count too (each entry is at least 512 bytes of tar).
+    pub max_tar_bytes: u64,
 }
 
 impl Default for ApplyLimits {
@@ -81,6 +84,7 @@ impl Default for ApplyLimits {
             max_depth: 512,
             max_expansion_ratio: 1024,
             expansion_floor: 1 << 30,
+            max_tar_bytes: u64::MAX,
         }
     }
 }
@@ -332,6 +336,14 @@ struct Meter {
 impl Meter {
     fn check(&self) -> Result<(), ApplyError> {
         let tar = self.tar_bytes.get();
+        if tar > self.limits.max_tar_bytes {
+            return Err(ApplyError::LimitExceeded {
+                limit: "size",
+                field: "max_tar_bytes",
+                value: tar,
+                max: self.limits.max_tar_bytes,
+            });
+        }
         if tar <= self.limits.expansion_floor {
             return Ok(());
         }

@@ -621,6 +621,35 @@ fn entry_count_limit_is_enforced() {
 }
 
 #[test]
+fn size_limit_stops_an_archive_at_its_decompressed_size() {
+    let sandbox = Sandbox::new();
+    let archive = Archive::default()
+        .file("small", &[1u8; 1000], 0o644)
+        .file("large", &vec![2u8; 300_000], 0o644)
+        .finish();
+    let options = ApplyOptions {
+        limits: ApplyLimits {
+            max_tar_bytes: 100_000,
+            ..ApplyLimits::default()
+        },
+        ..ApplyOptions::default()
+    };
+    let error = apply_layer(&archive[..], &sandbox.root(), &options).unwrap_err();
+    match error {
+        ApplyError::LimitExceeded {
+            field: "max_tar_bytes",
+            value,
+            max: 100_000,
+            ..
+        } => assert!(
+            value > 100_000 && value < 100_000 + 2 * (256 << 10),
+            "{value}"
+        ),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
 fn path_length_limit_is_enforced() {
     let sandbox = Sandbox::new();
     let long = "a/".repeat(3000);

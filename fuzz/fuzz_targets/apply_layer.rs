@@ -25,6 +25,7 @@ const LIMITS: ApplyLimits = ApplyLimits {
     max_depth: 64,
     max_expansion_ratio: 64,
     expansion_floor: 1 << 20,
+    max_tar_bytes: 64 << 20,
 };
 
 fn sandbox() -> &'static Path {

@@ -188,6 +188,11 @@ impl Runner {
         self
     }
 
+    /// The limits every step gets (see [`Runner::with_limits`]).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Rootless only: whether to map `/etc/subuid` ranges (with `newuidmap`) when there are
     /// any. Without them, root is the only user inside.
     pub fn with_subordinate_ids(mut self, enabled: bool) -> Self {

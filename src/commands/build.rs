@@ -110,7 +110,8 @@ pub struct RunLimitArgs {
     /// The memory a RUN step may use (e.g. `2g`); over it the kernel kills the step.
     #[arg(long = "run-memory", value_name = "SIZE", value_parser = crate::commands::prune::parse_size)]
     pub memory: Option<u64>,
-    /// The disk a RUN step's changes may take (e.g. `10g`): the step is stopped when over it.
+    /// The disk a RUN step's changes, or an archive an ADD extracts, may take (e.g. `10g`):
+    /// the step is stopped when over it.
     #[arg(long = "run-disk-max", value_name = "SIZE", value_parser = crate::commands::prune::parse_size)]
     pub disk_max: Option<u64>,
 }

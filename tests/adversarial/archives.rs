@@ -2,9 +2,11 @@
 //! `imgb load` of a crafted image whose layer is then unpacked by a `RUN` (as an overlay lower
 //! directory) and flattened by `imgb save -o type=local`. Whatever the entries try, nothing is
 //! created, changed or linked on the host outside the image's root filesystem; device nodes,
-//! fifos and setuid files stay data inside the image. The applier's own cases (containerd's
-//! breakout list, whiteouts, PAX/GNU disagreements, limits) are unit tests in
-//! `cache/src/apply_tests.rs` and `cache/src/tar_reader.rs`.
+//! fifos and setuid files stay data inside the image. Decompression bombs and archives of a
+//! million entries, added locally or from a URL, stop at the step's disk limit with bounded
+//! memory. The applier's own cases (containerd's breakout list, whiteouts, PAX/GNU
+//! disagreements, limits) are unit tests in `cache/src/apply_tests.rs` and
+//! `cache/src/tar_reader.rs`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -336,5 +338,164 @@ fn loaded_image_with_a_hostile_layer_unpacks_inside_its_root() {
     assert_eq!(
         fs::metadata(flat.join("bin/su")).unwrap().mode() & 0o7777,
         0o4755
+    );
+}
+
+/// The disk limit the bomb tests build with, and how the error shows it.
+const DISK_MAX: &str = "32m";
+const DISK_MAX_SHOWN: &str = "32.0 MiB";
+
+/// Gzip of `data` as one member; members concatenate into one stream.
+fn gzip_member(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// About 1 MiB of gzip that expands to a tar holding one 1 GiB file of zeros: the header,
+/// then one member of 1 MiB of zeros repeated.
+fn gzip_bomb() -> Vec<u8> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path("zeros").unwrap();
+    header.set_size(1 << 30);
+    header.set_mode(0o644);
+    header.set_mtime(1_600_000_000);
+    header.set_cksum();
+    let mut bomb = gzip_member(header.as_bytes());
+    let zeros = gzip_member(&vec![0u8; 1 << 20]);
+    for _ in 0..1024 {
+        bomb.extend_from_slice(&zeros);
+    }
+    bomb.extend_from_slice(&gzip_member(&[0u8; 1024]));
+    bomb
+}
+
+/// A gzipped tar of `count` empty files, written to `path` as it is made.
+fn write_many_entries(path: &Path, count: u32) {
+    let file = std::io::BufWriter::new(fs::File::create(path).unwrap());
+    let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut archive = tar::Builder::new(encoder);
+    let mut header = tar::Header::new_ustar();
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_mtime(1_600_000_000);
+    for index in 0..count {
+        header.set_path(format!("many/f{index}")).unwrap();
+        header.set_cksum();
+        archive.append(&header, std::io::empty()).unwrap();
+    }
+    archive.into_inner().unwrap().finish().unwrap();
+}
+
+/// Peak resident memory (`VmHWM`, KiB) of the running process `pid`, if it is still there.
+fn peak_memory_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Builds `context` with `--run-disk-max` and asserts the step extracting `archive` at
+/// `line` of the Dockerfile is refused with the limit named, within bounded memory, and that
+/// the state directory keeps nothing of it (`marker`: a name only the archive holds).
+fn assert_extraction_refused(root: &Path, context: &Path, line: &str, marker: &str) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imgb"))
+        .arg("--root")
+        .arg(root)
+        .args(["build", "--progress", "plain", "--run-disk-max", DISK_MAX])
+        .arg(context)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr_pipe, &mut text).unwrap();
+        text
+    });
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        peak_kib = peak_kib.max(peak_memory_kib(child.id()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let message = reader.join().unwrap();
+    assert!(!status.success(), "the archive was extracted: {message}");
+    assert!(
+        message.contains("--run-disk-max")
+            && message.contains(DISK_MAX_SHOWN)
+            && message.contains("Dockerfile:")
+            && message.contains(line),
+        "the error names neither the limit nor the step: {message}"
+    );
+    assert!(
+        peak_kib < 256 << 10,
+        "imgb peaked at {peak_kib} KiB while extracting"
+    );
+    let store = imgb_cache::Store::open(root).unwrap();
+    let staged: Vec<_> = fs::read_dir(store.tmp_dir()).unwrap().collect();
+    assert!(staged.is_empty(), "left in tmp/: {staged:?}");
+    for snapshot in fs::read_dir(store.snapshots_dir()).unwrap() {
+        let snapshot = snapshot.unwrap().path();
+        assert!(
+            !snapshot.join(marker).exists(),
+            "a snapshot of the refused step: {}",
+            snapshot.display()
+        );
+    }
+}
+
+#[test]
+fn add_of_a_gzip_bomb_stops_at_the_disk_limit() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let context = busybox_context(
+        dir.path(),
+        &busybox,
+        "FROM scratch\nCOPY busybox /bin/busybox\nADD bomb.tar.gz /\n",
+    );
+    fs::write(context.join("bomb.tar.gz"), gzip_bomb()).unwrap();
+    assert_extraction_refused(
+        &dir.path().join("root"),
+        &context,
+        "ADD bomb.tar.gz /",
+        "zeros",
+    );
+}
+
+#[test]
+fn add_unpack_of_a_gzip_bomb_from_a_url_stops_at_the_disk_limit() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let served = dir.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    fs::write(served.join("bomb.tar.gz"), gzip_bomb()).unwrap();
+    let server = support::http::HttpServer::start(&busybox, &served);
+    let line = format!("ADD --unpack=true {} /", server.url("bomb.tar.gz"));
+    let context = busybox_context(
+        dir.path(),
+        &busybox,
+        &format!("FROM scratch\nCOPY busybox /bin/busybox\n{line}\n"),
+    );
+    assert_extraction_refused(&dir.path().join("root"), &context, &line, "zeros");
+}
+
+#[test]
+fn add_of_a_million_entries_stops_at_the_disk_limit() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let context = busybox_context(dir.path(), &busybox, "FROM scratch\nADD many.tar.gz /\n");
+    write_many_entries(&context.join("many.tar.gz"), 1_000_000);
+    assert_extraction_refused(
+        &dir.path().join("root"),
+        &context,
+        "ADD many.tar.gz /",
+        "many",
     );
 }

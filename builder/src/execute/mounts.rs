@@ -24,7 +24,7 @@ use crate::graph::{CacheSharing, ExecMount, ExecOp, FileAction};
 use crate::layered::LayeredView;
 use crate::solve::{ExecError, Filesystem, Job, Solved};
 use imgb_cache::build_cache::CacheLayer;
-use imgb_cache::{Digest, FileLock, Resource, Store};
+use imgb_cache::{ApplyLimits, Digest, FileLock, Resource, Store};
 use imgb_runner::{Mount, MountKind};
 use std::collections::BTreeMap;
 use std::fs;
@@ -388,8 +388,14 @@ fn create_cache(store: &Store, request: &CacheRequest, path: &Path) -> Result<()
             };
             let empty = LayeredView::new(Vec::new());
             let inputs = [None, Some(SourceRoot::View(view.clone()))];
-            apply_file_actions(&[copy], &empty, &inputs, fresh.path())
-                .map_err(|error| failed(format!("seeding the cache mount: {error}")))?;
+            apply_file_actions(
+                &[copy],
+                &empty,
+                &inputs,
+                fresh.path(),
+                ApplyLimits::default(),
+            )
+            .map_err(|error| failed(format!("seeding the cache mount: {error}")))?;
         }
         (None, None) => set_owner_and_mode(fresh.path(), request.owner, request.mode)?,
     }

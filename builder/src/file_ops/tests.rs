@@ -67,7 +67,7 @@ fn try_run(actions: &[FileAction], dir: &Path) -> Result<PathBuf, FileOpError> {
     let upper = dir.join("upper");
     fs::create_dir(&upper).unwrap();
     let inputs = [None, Some(SourceRoot::Context(&hashed))];
-    apply_file_actions(actions, &base(dir), &inputs, &upper).map(|()| upper)
+    apply_file_actions(actions, &base(dir), &inputs, &upper, ApplyLimits::default()).map(|()| upper)
 }
 
 fn run(actions: &[FileAction], dir: &Path) -> PathBuf {
@@ -352,6 +352,7 @@ fn copy_from_another_stage_keeps_owners() {
         &base(dir.path()),
         &inputs,
         &upper,
+        ApplyLimits::default(),
     )
     .unwrap();
     assert_eq!(owner_of(&upper.join("usr/local/bin/bin")), (5, 6));
