@@ -8,7 +8,8 @@
 //! supervisor starts anything, so every container process is born inside it.
 //!
 //! Invariants: a group exists only while its step runs (removed on drop, once its processes
-//! are gone); a limit that was asked for but cannot be set is an error, never a silent no-op.
+//! are gone; one whose imgb was killed before it could is removed by the next step created
+//! beside it); a limit that was asked for but cannot be set is an error, never a silent no-op.
 //!
 //! The hierarchies' mount point and the caller's own groups (`/proc/self/cgroup`) are
 //! parameters, so that both layouts are unit-tested against directories laid out like them
@@ -56,7 +57,8 @@ impl Controller {
 impl StepCgroup {
     /// Creates the group `name` with `limits`' process and memory limits, `None` when none is
     /// set: below the groups `own` names (as `/proc/self/cgroup` lists them), in the
-    /// hierarchies mounted at `root`.
+    /// hierarchies mounted at `root`. `name` is `run-<pid>-<n>`, `<pid>` the caller's: see
+    /// [`remove_abandoned`].
     pub(crate) fn create(
         root: &Path,
         own: &str,
@@ -224,7 +226,31 @@ impl Drop for StepCgroup {
 }
 
 fn make_group(dir: &Path) -> Result<(), String> {
+    if let Some(parent) = dir.parent() {
+        remove_abandoned(parent);
+    }
     fs::create_dir(dir).map_err(|error| cgroup_error("create", dir, &error))
+}
+
+/// Removes the step groups below `parent` whose imgb is gone (killed before its drop ran):
+/// `run-<pid>-<n>` with no process `<pid>` any more. A group whose pid was reused waits for
+/// a later sweep; the kernel refuses to remove one that still holds processes.
+fn remove_abandoned(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let owner = entry.file_name().to_str().and_then(|name| {
+            let (pid, step) = name.strip_prefix("run-")?.split_once('-')?;
+            step.parse::<u64>().ok()?;
+            pid.parse::<u32>().ok()
+        });
+        if let Some(pid) = owner
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
 }
 
 fn write(file: &Path, value: &str) -> Result<(), String> {
@@ -379,6 +405,24 @@ mod tests {
         fs::write(group.join("pids.events"), "max 3\n").unwrap();
         fs::write(group.join("memory.events"), "max 12\noom 1\noom_kill 1\n").unwrap();
         assert!(cgroup.pids_limit_reached() && cgroup.oom_killed());
+    }
+
+    #[test]
+    fn groups_of_a_killed_imgb_are_removed_when_the_next_step_starts() {
+        let root = tempfile::tempdir().unwrap();
+        let (own, parent) = unified(root.path(), "memory pids\n");
+        // Beyond any pid_max (2^22): no such process.
+        let abandoned = parent.join("run-4294967295-3");
+        let running = parent.join(format!("run-{}-0", std::process::id()));
+        let foreign = parent.join("run-other");
+        for dir in [&abandoned, &running, &foreign] {
+            fs::create_dir(dir).unwrap();
+        }
+        let _cgroup = StepCgroup::create(root.path(), &own, &limits(Some(8), None), "run-1-1")
+            .unwrap()
+            .unwrap();
+        assert!(!abandoned.exists());
+        assert!(running.is_dir() && foreign.is_dir());
     }
 
     #[test]
