@@ -235,6 +235,7 @@ fn build(root: Option<PathBuf>, args: &BuildArgs) -> Result<ExitCode> {
             context_stat_cache: true,
             warn: Arc::new(|text: String| eprintln!("{text}")),
             secrets: Arc::new(parse_secrets(&args.secrets)?),
+            ssh_agents: Arc::new(parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?),
             check_graph: None,
         },
         &mut terminal,
@@ -320,6 +321,9 @@ pub struct BuildInputs<'a> {
     /// The values of `RUN --mount=type=secret` by id: read from `--secret` here, received
     /// with the request by the build service.
     pub secrets: Arc<BTreeMap<String, Secret>>,
+    /// The agent socket of each `RUN --mount=type=ssh` id: `--ssh` here, the server's sockets
+    /// relaying to the client for the build service.
+    pub ssh_agents: Arc<BTreeMap<String, PathBuf>>,
     /// Vets the lowered graph before anything runs (the build service's entitlements); its
     /// `Err` fails the build with that message.
     pub check_graph: Option<&'a GraphCheck<'a>>,
@@ -423,7 +427,6 @@ pub fn execute(
     if args.push && names.is_empty() {
         return Err(anyhow!("--push needs a name to push to: -t REGISTRY/NAME:TAG").into());
     }
-    let ssh_agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
     let cache_from = args
         .cache_from
         .iter()
@@ -512,7 +515,7 @@ pub fn execute(
             .with_limits(args.limits.limits()),
         source_date_epoch,
         secrets: Arc::clone(&inputs.secrets),
-        ssh_agents: Arc::new(ssh_agents),
+        ssh_agents: Arc::clone(&inputs.ssh_agents),
         registry: registry.clone(),
         remote: remote.clone(),
     };
@@ -907,7 +910,7 @@ pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Secret>> {
 
 /// `--ssh default|ID[=SOCKET]` (buildx's form): an id without a path forwards
 /// `$SSH_AUTH_SOCK` (`auth_sock`). Key files are not agents: load them with `ssh-add`.
-fn parse_ssh(
+pub fn parse_ssh(
     specs: &[String],
     auth_sock: Option<std::ffi::OsString>,
 ) -> Result<BTreeMap<String, PathBuf>> {

@@ -9,8 +9,10 @@
 //! stream; `type=image` outputs and `--push` happen on the server.
 //!
 //! Secrets (`--secret`) are read here and sent at the head of the body (see
-//! [`crate::serve::builds::secrets`]), never over plain TCP without `--insecure`; `--ssh` is
-//! refused: the server cannot reach an agent on this machine.
+//! [`crate::serve::builds::secrets`]), never over plain TCP without `--insecure`. With `--ssh`,
+//! once the build is accepted, a second connection is upgraded to the build's agent tunnel
+//! (see [`crate::serve::builds::ssh`]): each agent connection a RUN opens on the server is
+//! relayed to the agent socket named here; the same transport rule applies.
 //!
 //! Credentials: `--token-file F` or `$IMGB_TOKEN`, never a command-line value. Transport:
 //! `unix:///path`, `http://` / `tcp://` / bare `HOST:PORT`, or `https://` (system roots plus
@@ -18,10 +20,12 @@
 //! directory, on every request of a build, so a router can send a project's builds to the same
 //! replica (docs/serve.md, docs/scaling.md).
 
-use crate::commands::build::{BuildArgs, parse_secrets};
+use crate::commands::build::{BuildArgs, parse_secrets, parse_ssh};
 use crate::commands::progress::{Built, Explainer, Progress, ProgressMode, Summary, raw_json};
+use crate::serve::agent_tunnel::{self, Frame, Multiplexer};
 use crate::serve::builds::request::{BuildRequest, OPTIONS_HEADER};
 use crate::serve::builds::secrets::{self, Secrets};
+use crate::serve::builds::ssh;
 use crate::serve::builds::upload::EMPTY_CONTEXT;
 use anyhow::{Context, Result, anyhow, bail};
 use axum::body::{Body, Bytes};
@@ -32,6 +36,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use imgb_builder::context::{ContentDigest, EntryKind, IncludeAll, PathFilter, hash_context};
 use imgb_cache::{Destination, OutputKind, OutputSpec};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -196,7 +201,8 @@ where
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("starting an HTTP exchange with the imgb server")?;
-    tokio::spawn(connection);
+    // With upgrades: the agent tunnel takes over its connection.
+    tokio::spawn(connection.with_upgrades());
     sender
         .send_request(request)
         .await
@@ -276,13 +282,6 @@ struct LocalOutput {
 
 /// Runs `imgb build` on the server `url`.
 pub fn build(url: &str, args: &BuildArgs) -> Result<ExitCode> {
-    if !args.ssh.is_empty() {
-        bail!(
-            "--ssh cannot be used with --remote: the build runs on the server, which cannot \
-             reach the SSH agent on this machine (imgb serve does not forward agent \
-             connections); build locally, or fetch what needs SSH into the context first"
-        );
-    }
     let loaded = match args.frontend.load() {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
@@ -293,15 +292,22 @@ pub fn build(url: &str, args: &BuildArgs) -> Result<ExitCode> {
         args.remote.remote_ca.as_deref(),
     )?;
     let secrets = parse_secrets(&args.secrets)?;
-    if !secrets.is_empty() && remote.in_the_clear() && !args.remote.remote_insecure {
-        bail!(
-            "--secret: not sending secrets to {} over plain TCP, where they can be read on the \
-             way; use an https:// or unix:// remote (or, on a network you trust, --insecure \
-             here and on imgb serve)",
-            remote.describe()
-        );
+    let agents = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
+    for (flag, what, used) in [
+        ("--secret", "secrets", !secrets.is_empty()),
+        ("--ssh", "SSH agent connections", !agents.is_empty()),
+    ] {
+        if used && remote.in_the_clear() && !args.remote.remote_insecure {
+            bail!(
+                "{flag}: not sending {what} to {} over plain TCP, where they can be read on the \
+                 way; use an https:// or unix:// remote (or, on a network you trust, --insecure \
+                 here and on imgb serve)",
+                remote.describe()
+            );
+        }
     }
-    let (request, local_output) = request_for(args, &loaded.context)?;
+    let (mut request, local_output) = request_for(args, &loaded.context)?;
+    request.ssh = agents.keys().cloned().collect();
     remote.cache_key = Some(cache_key(&loaded.context, request.file.as_deref())?);
     let filter: Box<dyn PathFilter + Send> = match loaded.ignore.clone() {
         Some(rules) => Box::new(rules),
@@ -313,7 +319,7 @@ pub fn build(url: &str, args: &BuildArgs) -> Result<ExitCode> {
     let progress = Progress::new(args.progress, Explainer::new(loaded.dockerfile.arg_names()));
     let outcome = runtime.block_on(follow_build(
         &remote,
-        (&request, &secrets),
+        (&request, &secrets, &agents),
         (&loaded.context, filter),
         &progress,
     ))?;
@@ -472,6 +478,7 @@ fn request_for(args: &BuildArgs, context: &Path) -> Result<(BuildRequest, Option
         jobs: args.jobs,
         allow: args.allow.clone(),
         source_date_epoch,
+        ssh: Vec::new(),
     };
     Ok((request, local))
 }
@@ -518,7 +525,7 @@ fn submission(request: &BuildRequest, with_secrets: bool, body: Body) -> Result<
 /// Submits the build, renders its events, and returns how it ended.
 async fn follow_build(
     remote: &Remote,
-    (request, secrets): (&BuildRequest, &Secrets),
+    (request, secrets, agents): (&BuildRequest, &Secrets, &BTreeMap<String, PathBuf>),
     (context, filter): (&Path, Box<dyn PathFilter + Send>),
     progress: &Progress,
 ) -> Result<Finished> {
@@ -543,6 +550,30 @@ async fn follow_build(
         .and_then(|id| id.as_str())
         .ok_or_else(|| anyhow!("the server accepted the build without an id"))?
         .to_string();
+    // Relays the build's agent connections while this follows it; aborted when it ends.
+    let _tunnel = if agents.is_empty() {
+        None
+    } else {
+        let key = accepted
+            .get("ssh_key")
+            .and_then(|key| key.as_str())
+            .unwrap_or_default();
+        match attach_agents(remote, &id, key).await {
+            Ok(upgraded) => Some(AbortOnDrop(tokio::spawn(relay_agents(
+                upgraded,
+                agents.clone(),
+            )))),
+            Err(error) => {
+                // The build would wait for agents that never come.
+                let cancel = Request::builder()
+                    .method(Method::DELETE)
+                    .uri(format!("/v1/builds/{id}"))
+                    .body(Body::empty())?;
+                let _ = remote.call(cancel).await;
+                return Err(error.context(format!("attaching --ssh agents to build {id}")));
+            }
+        }
+    };
     let events = Request::builder()
         .uri(format!("/v1/builds/{id}/events"))
         .body(Body::empty())?;
@@ -615,6 +646,66 @@ async fn follow_build(
                 .to_string(),
         ),
     })
+}
+
+/// Opens build `id`'s agent tunnel: `GET /v1/builds/{id}/ssh`, upgraded.
+async fn attach_agents(remote: &Remote, id: &str, key: &str) -> Result<hyper::upgrade::Upgraded> {
+    let request = Request::builder()
+        .uri(format!("/v1/builds/{id}/ssh"))
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, ssh::UPGRADE_PROTOCOL)
+        .header(ssh::KEY_HEADER, key)
+        .body(Body::empty())?;
+    let response = remote.send(request).await?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        answered(response).await?;
+        bail!("the imgb server did not switch to the SSH agent tunnel");
+    }
+    hyper::upgrade::on(response)
+        .await
+        .context("upgrading to the SSH agent tunnel")
+}
+
+/// Serves the server's agent connections from `agents` (id to local socket) until the tunnel
+/// ends. An id that was not declared, or an agent that does not answer, closes the connection
+/// (the RUN sees a dead agent).
+async fn relay_agents(upgraded: hyper::upgrade::Upgraded, agents: BTreeMap<String, PathBuf>) {
+    let (mut reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+    let (outgoing, frames) = mpsc::channel(agent_tunnel::QUEUED_FRAMES);
+    let multiplexer = Multiplexer::new(outgoing);
+    let writing = tokio::spawn(agent_tunnel::write_frames(writer, frames));
+    loop {
+        match agent_tunnel::read_frame(&mut reader).await {
+            Ok(Some(Frame::Open { connection, id })) => {
+                let local = match agents.get(&id) {
+                    Some(socket) => tokio::net::UnixStream::connect(socket).await.ok(),
+                    None => None,
+                };
+                let relayed =
+                    local.is_some_and(|local| multiplexer.relay(connection, local).is_ok());
+                if !relayed {
+                    multiplexer.send(Frame::Close { connection }).await;
+                }
+            }
+            Ok(Some(frame)) => multiplexer.deliver(frame),
+            Ok(None) => break,
+            Err(error) => {
+                eprintln!("warning: {error}");
+                break;
+            }
+        }
+    }
+    multiplexer.close_all();
+    writing.abort();
+}
+
+/// A task that stops when its owner lets go of it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why a submission failed while the context was being sent. A server refusing a request

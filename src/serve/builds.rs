@@ -33,6 +33,7 @@
 mod log;
 pub mod request;
 pub mod secrets;
+pub mod ssh;
 pub mod upload;
 
 use crate::check::LoadedDockerfile;
@@ -60,7 +61,9 @@ use imgb_builder::solve::{Cancel, ProgressEvent};
 use imgb_cache::{PruneOptions, Store};
 use imgb_frontend::lower::Lowered;
 use log::EventLog;
-use request::{BuildRequest, OPTIONS_HEADER, Refusal, ResultKind, check_entitlements};
+use request::{
+    BuildRequest, OPTIONS_HEADER, Refusal, ResultKind, check_entitlements, check_ssh_ids,
+};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -194,6 +197,8 @@ struct Build {
     cancel: Cancel,
     /// The build's directory under the store's `tmp/`.
     work: PathBuf,
+    /// The sockets of the SSH agents the client declared, until the build ends.
+    agents: Mutex<Option<ssh::AgentSockets>>,
 }
 
 impl Build {
@@ -208,6 +213,13 @@ impl Build {
     fn result_path(&self) -> PathBuf {
         self.work.join("result")
     }
+
+    fn agents(&self) -> MutexGuard<'_, Option<ssh::AgentSockets>> {
+        // Replaced whole or taken: a panic cannot leave it half-written.
+        self.agents
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
 }
 
 /// A build waiting for a slot, with what it was submitted with.
@@ -216,6 +228,8 @@ struct Job {
     request: BuildRequest,
     loaded: LoadedDockerfile,
     secrets: secrets::Secrets,
+    /// The socket standing for each SSH agent id the client declared.
+    ssh_agents: BTreeMap<String, PathBuf>,
 }
 
 /// The builds of one server: queue, slots, records, metrics.
@@ -342,7 +356,7 @@ impl BuildService {
         self: &Arc<Self>,
         work: PathBuf,
         (request, loaded, secrets): (BuildRequest, LoadedDockerfile, secrets::Secrets),
-        result: Option<ResultKind>,
+        (result, agents): (Option<ResultKind>, Option<ssh::AgentSockets>),
         number: u64,
     ) -> Status {
         let status = Status {
@@ -360,11 +374,17 @@ impl BuildService {
             log: EventLog::default(),
             cancel: Cancel::new(),
             work,
+            agents: Mutex::new(None),
         });
         build.log.push(&json!({"event": "queued", "id": status.id}));
         self.builds().insert(number, Arc::clone(&build));
         self.forget_old_builds();
         self.start_dispatcher();
+        let ssh_agents = agents
+            .as_ref()
+            .map(|agents| agents.sockets().clone())
+            .unwrap_or_default();
+        *build.agents() = agents;
         if self
             .queue
             .send(Job {
@@ -372,6 +392,7 @@ impl BuildService {
                 request,
                 loaded,
                 secrets,
+                ssh_agents,
             })
             .is_err()
         {
@@ -458,6 +479,8 @@ fn finish(build: &Build, state: BuildState, last: &serde_json::Value) {
         status.state = state;
         status.finished = Some(unix_seconds(SystemTime::now()));
     }
+    // The agent sockets go with the build: its tunnel ends, a late connection finds nothing.
+    drop(build.agents().take());
     build.log.close(last);
 }
 
@@ -567,6 +590,7 @@ fn build_in_slot(
         request,
         loaded,
         secrets,
+        ssh_agents,
     } = job;
     let store = service
         .store
@@ -610,6 +634,7 @@ fn build_in_slot(
                     .push(&json!({"event": "warning", "message": text}));
             }),
             secrets: Arc::new(secrets),
+            ssh_agents: Arc::new(ssh_agents),
             check_graph: Some(&vet_graph as &GraphCheck<'_>),
         },
         &mut relay,
@@ -679,6 +704,7 @@ pub fn router(service: Arc<BuildService>) -> Router {
         .route("/{id}", get(show).delete(cancel_build))
         .route("/{id}/events", get(events))
         .route("/{id}/result", get(result))
+        .route("/{id}/ssh", get(attach_agents))
         .with_state(service)
 }
 
@@ -686,7 +712,7 @@ pub fn router(service: Arc<BuildService>) -> Router {
 /// OpenAPI test checks `docs/api/openapi.yaml` documents each (add a route here when adding
 /// one to a router).
 #[cfg(test)]
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 11] = [
     ("get", "/v1/health"),
     ("get", "/healthz"),
     ("get", "/v2/"),
@@ -696,6 +722,7 @@ const ROUTES: [(&str, &str); 10] = [
     ("delete", "/v1/builds/{id}"),
     ("get", "/v1/builds/{id}/events"),
     ("get", "/v1/builds/{id}/result"),
+    ("get", "/v1/builds/{id}/ssh"),
     ("get", "/metrics"),
 ];
 
@@ -740,9 +767,15 @@ async fn submit(
     let with_secrets = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes() == secrets::CONTENT_TYPE.as_bytes());
+    let transport = parts.extensions.get::<Transport>().copied();
+    if !request.ssh.is_empty()
+        && let Err(error) =
+            secrets::check_transport(transport, service.insecure, "SSH agent connections")
+    {
+        return refusal(error);
+    }
     let (secrets, body) = if with_secrets {
-        let transport = parts.extensions.get::<Transport>().copied();
-        if let Err(error) = secrets::check_transport(transport, service.insecure) {
+        if let Err(error) = secrets::check_transport(transport, service.insecure, "build secrets") {
             return refusal(error);
         }
         match secrets::split(body).await {
@@ -757,17 +790,94 @@ async fn submit(
         .store
         .tmp_dir()
         .join(format!("serve-build-{:x}-{number}", service.epoch));
-    let accepted = accept(&service, &work, &request, body).await;
+    let accepted = match accept(&service, &work, &request, body).await {
+        Ok(loaded) => bind_agents(&work, &request.ssh).map(|agents| (loaded, agents)),
+        Err(error) => Err(error),
+    };
     match accepted {
-        Ok(loaded) => {
-            let status = service.enqueue(work, (request, loaded, secrets), result, number);
-            (StatusCode::ACCEPTED, axum::Json(status)).into_response()
+        Ok((loaded, agents)) => {
+            let key = agents.as_ref().map(|agents| agents.key().to_string());
+            let status =
+                service.enqueue(work, (request, loaded, secrets), (result, agents), number);
+            let mut answer = json!(status);
+            // Only the submitter learns the key that attaches the build's SSH agents.
+            if let (Some(key), Some(fields)) = (key, answer.as_object_mut()) {
+                fields.insert("ssh_key".into(), key.into());
+            }
+            (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
         }
         Err(error) => {
             let _ = tokio::fs::remove_dir_all(&work).await;
             refusal(error)
         }
     }
+}
+
+/// The sockets standing for the SSH agents `ids` in the build's work directory.
+fn bind_agents(work: &Path, ids: &[String]) -> Result<Option<ssh::AgentSockets>, Refusal> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    ssh::AgentSockets::bind(&work.join("ssh"), ids)
+        .map(Some)
+        .map_err(|error| Refusal {
+            status: 500,
+            message: format!("making the build's SSH agent sockets: {error}"),
+        })
+}
+
+/// `GET /v1/builds/{id}/ssh`: the submitter's agent tunnel (see [`ssh`]), over TLS or a unix
+/// socket only, like secrets.
+async fn attach_agents(
+    State(service): State<Arc<BuildService>>,
+    _: RequireWrite,
+    UrlPath(id): UrlPath<String>,
+    mut request: Request,
+) -> Response {
+    let Some(build) = service.find(&id) else {
+        return not_found(&id);
+    };
+    let transport = request.extensions().get::<Transport>().copied();
+    if let Err(error) =
+        secrets::check_transport(transport, service.insecure, "SSH agent connections")
+    {
+        return refusal(error);
+    }
+    let headers = request.headers();
+    let upgrading = headers
+        .get(header::UPGRADE)
+        .is_some_and(|value| value.as_bytes() == ssh::UPGRADE_PROTOCOL.as_bytes());
+    if !upgrading {
+        return refusal(Refusal::bad(format!(
+            "attach with `Connection: upgrade` and `Upgrade: {}`",
+            ssh::UPGRADE_PROTOCOL
+        )));
+    }
+    let key = headers.get(ssh::KEY_HEADER).map(|value| value.as_bytes());
+    {
+        let agents = build.agents();
+        let Some(agents) = agents.as_ref() else {
+            return refusal(Refusal {
+                status: 404,
+                message: format!(
+                    "build {id} has no SSH agents to attach (none declared, or it ended)"
+                ),
+            });
+        };
+        if let Err(error) = agents.claim(key) {
+            return refusal(error);
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        agents.attach(async move { upgrade.await.ok() });
+    }
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, ssh::UPGRADE_PROTOCOL),
+        ],
+    )
+        .into_response()
 }
 
 /// Receives the context and checks the Dockerfile in it: what must hold before a build is
@@ -817,12 +927,12 @@ async fn accept(
         let registry = RegistryArgs::default().client(Vec::new());
         let lowered = lower_build(&loaded, checked.pull, (&store, &registry), &runtime)
             .map_err(|text| Refusal::bad(hide_context(text)))?;
-        check_entitlements(&lowered.lowered, &loaded, &checked, &allowed).map_err(|refusal| {
-            Refusal {
+        check_entitlements(&lowered.lowered, &loaded, &checked, &allowed)
+            .and_then(|()| check_ssh_ids(&lowered.lowered, &loaded, &checked))
+            .map_err(|refusal| Refusal {
                 message: hide_context(refusal.message),
                 ..refusal
-            }
-        })?;
+            })?;
         Ok(loaded)
     })
     .await

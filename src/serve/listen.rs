@@ -8,14 +8,14 @@
 //!   connection's own task under a timeout, request heads must arrive within
 //!   [`HEADER_READ_TIMEOUT`] and fit [`MAX_HEADER_BYTES`] (hyper answers 431 otherwise).
 //! - Shutdown stops accepting at once; connections already open finish through hyper's graceful
-//!   shutdown, which the caller awaits.
+//!   shutdown, which the caller awaits ([`Connections`]). A connection upgraded to a build's
+//!   SSH agent tunnel leaves hyper, and ends with its build.
 //! - Every request carries its connection's [`Transport`] as an extension, so handlers can
 //!   refuse what must not travel in the clear (build secrets).
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -270,6 +270,55 @@ pub struct Serving {
     pub tls: Option<TlsAcceptor>,
 }
 
+/// The open connections of a server, for graceful shutdown. (hyper-util's `GracefulShutdown`
+/// cannot watch connections that may be upgraded.)
+pub struct Connections {
+    closing: watch::Sender<bool>,
+    open: tokio::sync::mpsc::Sender<()>,
+    all_closed: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// One connection's part of [`Connections`]: told when to close, counted while it lives.
+#[derive(Clone)]
+pub struct Watcher {
+    closing: watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        let (closing, _) = watch::channel(false);
+        let (open, all_closed) = tokio::sync::mpsc::channel(1);
+        Connections {
+            closing,
+            open,
+            all_closed,
+        }
+    }
+}
+
+impl Connections {
+    pub fn watcher(&self) -> Watcher {
+        Watcher {
+            closing: self.closing.subscribe(),
+            _open: self.open.clone(),
+        }
+    }
+
+    /// Asks every connection to finish its exchange and close, and waits until all have.
+    pub async fn shutdown(self) {
+        let Connections {
+            closing,
+            open,
+            mut all_closed,
+        } = self;
+        closing.send_replace(true);
+        drop(open);
+        // Nothing is ever sent: this returns once every watcher is gone.
+        while all_closed.recv().await.is_some() {}
+    }
+}
+
 /// Accepts connections until `stop` turns true, serving each in its own task watched by the
 /// graceful shutdown `watcher` source.
 pub async fn accept_loop(
@@ -351,7 +400,7 @@ fn spawn_connection(
     });
 }
 
-async fn serve_connection<S>(stream: S, app: Router, watcher: Watcher)
+async fn serve_connection<S>(stream: S, app: Router, mut watcher: Watcher)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -360,7 +409,14 @@ where
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .with_upgrades();
+    tokio::pin!(connection);
     // Client disconnects and protocol errors end only this connection.
-    let _ = watcher.watch(connection).await;
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = watcher.closing.wait_for(|closing| *closing) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }

@@ -14,6 +14,7 @@
 //! never removes what it recently stored or served, and its tags are prune roots; the build
 //! service gets the store without a lease and takes one per build.
 
+pub mod agent_tunnel;
 pub mod auth;
 pub mod builds;
 pub mod distribution;
@@ -22,13 +23,12 @@ pub mod metrics;
 pub mod uploads;
 
 use crate::commands::prune::{parse_duration, parse_size};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use auth::TokenTable;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use hyper_util::server::graceful::GracefulShutdown;
-use listen::{ListenAddr, Listener, Protection, Serving, TlsFiles};
+use listen::{Connections, ListenAddr, Listener, Protection, Serving, TlsFiles};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -199,19 +199,19 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let (stop, stopped) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = Connections::default();
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
         log(format_args!(
             "imgb serve: listening on {}",
             listener.describe()
         ));
-        let graceful = graceful.clone();
+        let watcher = connections.watcher();
         loops.spawn(listen::accept_loop(
             listener,
             serving.clone(),
             stopped.clone(),
-            move || graceful.watcher(),
+            move || watcher.clone(),
         ));
     }
     tokio::select! {
@@ -231,10 +231,7 @@ async fn serve(
         _ = terminate.recv() => service.drain(Duration::ZERO).await,
         _ = interrupt.recv() => service.drain(Duration::ZERO).await,
     }
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        bail!("internal error: an accept loop outlived shutdown");
-    };
-    if tokio::time::timeout(CONNECTION_DRAIN, graceful.shutdown())
+    if tokio::time::timeout(CONNECTION_DRAIN, connections.shutdown())
         .await
         .is_err()
     {

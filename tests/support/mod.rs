@@ -5,6 +5,7 @@ pub mod canary;
 pub mod http;
 pub mod registry;
 pub mod serve;
+pub mod ssh_agent;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,8 @@ use crate::commands::cache_opts::{CacheDestination, parse_cache_from, parse_cach
 use crate::commands::progress::ProgressMode;
 use crate::commands::registry::RegistryArgs;
 use crate::commands::remote::RemoteArgs;
-use imgb_builder::graph::{Network, Op, Security, VertexId};
+use crate::serve::agent_tunnel::MAX_ID;
+use imgb_builder::graph::{ExecMount, Network, Op, Security, VertexId};
 use imgb_cache::build_cache::CacheLocation;
 use imgb_cache::{OutputKind, OutputSpec};
 use imgb_frontend::lower::Lowered;
@@ -66,7 +67,14 @@ pub struct BuildRequest {
     /// The client's `SOURCE_DATE_EPOCH` (a `SOURCE_DATE_EPOCH` build argument wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_date_epoch: Option<i64>,
+    /// The ids of the SSH agents the client forwards (`--ssh ID`; the sockets stay on the
+    /// client, reached through `GET /v1/builds/{id}/ssh`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<String>,
 }
+
+/// The most SSH agent ids one build may declare.
+pub const MAX_SSH_IDS: usize = 16;
 
 /// Privileges a RUN step can ask for, which the server and the request must both allow.
 pub const ENTITLEMENTS: [&str; 2] = ["network.host", "security.insecure"];
@@ -120,6 +128,31 @@ impl BuildRequest {
                     "allow {allowed:?}: unknown entitlement (known: {})",
                     ENTITLEMENTS.join(", ")
                 )));
+            }
+        }
+        if self.ssh.len() > MAX_SSH_IDS {
+            return Err(Refusal::bad(format!(
+                "ssh: {} agent ids (at most {MAX_SSH_IDS})",
+                self.ssh.len()
+            )));
+        }
+        for (index, id) in self.ssh.iter().enumerate() {
+            let malformed = id.is_empty()
+                || id.len() > MAX_ID
+                || id.contains(['=', ',', '/'])
+                || id.chars().any(char::is_control);
+            if malformed {
+                return Err(Refusal::bad(format!(
+                    "ssh {id:?}: an agent id is a name (at most {MAX_ID} bytes, without = , / or \
+                     control characters); the socket stays with the client"
+                )));
+            }
+            if self
+                .ssh
+                .get(..index)
+                .is_some_and(|earlier| earlier.contains(id))
+            {
+                return Err(Refusal::bad(format!("ssh {id:?}: declared twice")));
             }
         }
         for spec in &self.cache_from {
@@ -282,6 +315,46 @@ pub fn check_entitlements(
     Ok(())
 }
 
+/// Refuses a build with a step that requires an SSH agent the request did not declare: the
+/// server has no agent of its own to fall back on. (An agent that is not required is left out
+/// of the step, as in a local build.)
+pub fn check_ssh_ids(
+    lowered: &Lowered,
+    loaded: &LoadedDockerfile,
+    request: &BuildRequest,
+) -> Result<(), Refusal> {
+    for (id, vertex) in lowered.graph.vertices() {
+        let Op::Exec(exec) = &vertex.op else {
+            continue;
+        };
+        for mount in &exec.mounts {
+            let ExecMount::Ssh {
+                id: agent,
+                required: true,
+                ..
+            } = mount
+            else {
+                continue;
+            };
+            if request.ssh.contains(agent) {
+                continue;
+            }
+            let (location, trigger) = step_source(lowered, loaded, id);
+            let flag = if agent == "default" {
+                "--ssh default".to_string()
+            } else {
+                format!("--ssh {agent}=SOCKET")
+            };
+            return Err(Refusal::bad(format!(
+                "{location}step `{}`{trigger} requires the SSH agent {agent:?}, which the client \
+                 did not declare; hint: pass {flag} to imgb build",
+                vertex.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Where the step that made vertex `id` comes from: `Dockerfile:LINE: `, and a note when it
 /// is a base image's ONBUILD trigger (located at its stage's FROM line, where no other step
 /// can be).
@@ -358,6 +431,34 @@ mod tests {
                 .message
                 .contains("type=registry")
         );
+    }
+
+    #[test]
+    fn ssh_ids_are_names_declared_once_and_bounded_in_number() {
+        let with_ids = |ids: Vec<String>| BuildRequest {
+            ssh: ids,
+            ..BuildRequest::default()
+        };
+        assert!(
+            with_ids(vec!["default".into(), "git-hub.com".into()])
+                .validate()
+                .is_ok()
+        );
+        for (ids, needle) in [
+            (vec![String::new()], "agent id is a name"),
+            (vec!["a=/tmp/agent".into()], "agent id is a name"),
+            (vec!["../x".into()], "agent id is a name"),
+            (vec!["x".repeat(MAX_ID + 1)], "agent id is a name"),
+            (vec!["a".into(), "a".into()], "declared twice"),
+            (
+                (0..=MAX_SSH_IDS).map(|n| n.to_string()).collect(),
+                "at most",
+            ),
+        ] {
+            let refusal = with_ids(ids).validate().unwrap_err();
+            assert_eq!(refusal.status, 400);
+            assert!(refusal.message.contains(needle), "{}", refusal.message);
+        }
     }
 
     #[test]

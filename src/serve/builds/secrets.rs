@@ -50,17 +50,23 @@ pub fn encode(secrets: &Secrets) -> Vec<u8> {
     bytes
 }
 
-/// Refuses secrets that came in the clear without `--insecure` on the server.
-pub fn check_transport(transport: Option<Transport>, insecure: bool) -> Result<(), Refusal> {
+/// Refuses `what` (build secrets, SSH agent connections) in the clear without `--insecure` on
+/// the server.
+pub fn check_transport(
+    transport: Option<Transport>,
+    insecure: bool,
+    what: &str,
+) -> Result<(), Refusal> {
     match transport {
         Some(Transport::Unix | Transport::Tls) => Ok(()),
         Some(Transport::Tcp) if insecure => Ok(()),
         _ => Err(Refusal {
             status: 403,
-            message: "build secrets are only accepted over TLS or a unix socket; hint: start \
-                      the server with --tls-cert/--tls-key (or, on a network you trust, give \
-                      --insecure to both imgb serve and imgb build)"
-                .into(),
+            message: format!(
+                "{what} are only accepted over TLS or a unix socket; hint: start the server \
+                 with --tls-cert/--tls-key (or, on a network you trust, give --insecure to \
+                 both imgb serve and imgb build)"
+            ),
         }),
     }
 }
@@ -169,15 +175,15 @@ mod tests {
 
     #[test]
     fn secrets_travel_only_over_tls_or_a_unix_socket_unless_insecure() {
-        assert!(check_transport(Some(Transport::Unix), false).is_ok());
-        assert!(check_transport(Some(Transport::Tls), false).is_ok());
+        assert!(check_transport(Some(Transport::Unix), false, "secrets").is_ok());
+        assert!(check_transport(Some(Transport::Tls), false, "secrets").is_ok());
         assert_eq!(
-            check_transport(Some(Transport::Tcp), false)
+            check_transport(Some(Transport::Tcp), false, "secrets")
                 .unwrap_err()
                 .status,
             403
         );
-        assert!(check_transport(Some(Transport::Tcp), true).is_ok());
-        assert!(check_transport(None, true).is_err());
+        assert!(check_transport(Some(Transport::Tcp), true, "secrets").is_ok());
+        assert!(check_transport(None, true, "secrets").is_err());
     }
 }
