@@ -4,17 +4,13 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use support::serve::{
-    TestServer, build, build_command, curl, get_json, start_slow_build, wait_for_state,
-    wait_for_step,
+    READ_TOKEN, TestServer, build, build_command, curl, get_json, start_slow_build, tokens,
+    wait_for_state, wait_for_step,
 };
 use support::{busybox_context, imgb, setup, stderr};
-
-const WRITE_TOKEN: &str = "w-5f2b1c0d9e8a7b6c5d4e3f2a1b0c9d8e";
-const READ_TOKEN: &str = "r-5f2b1c0d9e8a7b6c5d4e3f2a1b0c9d8e";
 
 /// A busybox base, a file from the context and a RUN step.
 const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\n\
@@ -27,24 +23,6 @@ fn context(dir: &Path, busybox: &Path, dockerfile: &str) -> PathBuf {
     std::fs::write(context.join(".dockerignore"), "secret.txt\n").unwrap();
     std::fs::write(context.join("secret.txt"), "never sent\n").unwrap();
     context
-}
-
-/// A private token file with a write and a read token; the files holding each token alone.
-fn tokens(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    };
-    (
-        write(
-            "tokens",
-            format!("{WRITE_TOKEN} write\n{READ_TOKEN} read\n"),
-        ),
-        write("write-token", format!("{WRITE_TOKEN}\n")),
-        write("read-token", format!("{READ_TOKEN}\n")),
-    )
 }
 
 fn metadata_digest(path: &Path) -> String {
@@ -421,24 +399,9 @@ fn a_remote_build_over_tls_trusts_the_servers_ca_and_nothing_else() {
     let Some((dir, busybox)) = setup() else {
         return;
     };
-    if support::tool("openssl").is_none() {
+    let Some((server, ca, write_token)) = TestServer::start_tls(dir.path()) else {
         return;
-    }
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let (cert, key, ca) = support::registry::make_certificates(&certs);
-    let (token_table, write_token, _) = tokens(dir.path());
-    let server = TestServer::start(
-        &dir.path().join("server"),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--token-file",
-            token_table.to_str().unwrap(),
-        ],
-    );
+    };
     let context = context(dir.path(), &busybox, DOCKERFILE);
     let client = dir.path().join("client");
     let token = ["--token-file", write_token.to_str().unwrap()];

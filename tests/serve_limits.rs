@@ -4,31 +4,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use support::canary::{canary, scan, scan_tree};
 use support::serve::{
-    TestServer, build, curl, get_json, start_slow_build, wait_for_state, wait_for_step,
+    TestServer, build, curl, get_json, start_slow_build, unpacked, wait_for_state, wait_for_step,
 };
 use support::{busybox_context, ran_steps, setup, stderr};
 
 /// The lines of `output`'s stderr are rawjson events; the names of the steps that ran.
 fn steps_run(output: &std::process::Output) -> Vec<String> {
     ran_steps(&stderr(output))
-}
-
-/// The root filesystem tar `archive` unpacked beside it.
-fn unpacked(archive: &Path) -> PathBuf {
-    let dir = archive.with_extension("d");
-    std::fs::create_dir_all(&dir).unwrap();
-    support::run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(&dir),
-    );
-    dir
 }
 
 #[test]

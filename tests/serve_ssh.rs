@@ -1,14 +1,13 @@
 //! `imgb build --remote --ssh` end to end, with a real `ssh-agent` on the client's side: the
 //! RUN's `ssh-add -l` on the server lists the client's key through the agent tunnel; plain TCP
-//! and undeclared agent ids are refused; a client that goes away fails the build, not the
-//! server.
+//! and undeclared agent ids are refused, TLS with tokens carries them; a client that goes away
+//! fails the build, not the server.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use support::serve::{
-    TestServer, build, build_command, curl, get_json, wait_for_state, wait_for_step,
+    TestServer, build, build_command, curl, get_json, unpacked, wait_for_state, wait_for_step,
 };
 use support::ssh_agent::{Agent, ssh_add_rootfs};
 use support::{busybox_context, setup, stderr};
@@ -131,15 +130,7 @@ fn the_runs_agent_requests_reach_the_clients_agent_and_only_over_safe_transports
     .output()
     .unwrap();
     assert!(built.status.success(), "{}", stderr(&built));
-    let unpacked = dir.path().join("keys");
-    std::fs::create_dir_all(&unpacked).unwrap();
-    support::run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&unpacked),
-    );
+    let unpacked = unpacked(&archive);
     for file in ["default-keys", "work-keys"] {
         let listed = std::fs::read_to_string(unpacked.join(file)).unwrap();
         assert_eq!(listed, agent.fingerprint, "{file}");
@@ -198,6 +189,45 @@ fn a_client_that_goes_away_fails_the_build_and_the_server_goes_on() {
     // The server goes on: the same build with the client staying succeeds.
     let built = build(&client, &["--remote", &unix, "--ssh", &ssh], &context);
     assert!(built.status.success(), "{}", stderr(&built));
+}
+
+#[test]
+fn agents_travel_over_tls_to_a_server_with_tokens() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let Some(agent) = Agent::start(dir.path()) else {
+        return;
+    };
+    let Some((server, ca, write_token)) = TestServer::start_tls(dir.path()) else {
+        return;
+    };
+    let context = ssh_context(
+        dir.path(),
+        &busybox,
+        "tls",
+        "RUN --mount=type=ssh ssh-add -l > /keys\n",
+    );
+    let archive = dir.path().join("tls.tar");
+    let built = build(
+        &dir.path().join("client"),
+        &[
+            "--remote",
+            &server.url(true),
+            "--remote-ca",
+            ca.to_str().unwrap(),
+            "--token-file",
+            write_token.to_str().unwrap(),
+            "--ssh",
+            &format!("default={}", agent.socket.display()),
+            "-o",
+            &format!("type=tar,dest={}", archive.display()),
+        ],
+        &context,
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let listed = std::fs::read_to_string(unpacked(&archive).join("keys")).unwrap();
+    assert_eq!(listed, agent.fingerprint);
 }
 
 /// Every path under `root`.

@@ -1126,14 +1126,24 @@ mod tests {
         options: &str,
         body: Vec<u8>,
     ) -> (StatusCode, serde_json::Value) {
-        let mut request = Request::post("/")
+        let request = Request::post("/")
             .header(OPTIONS_HEADER, options)
             .body(Body::from(body))
             .unwrap();
-        // What the server's auth layer grants a write token.
-        request.extensions_mut().insert(Access {
-            scope: Scope::Write,
-        });
+        call(service, request, Scope::Write, None).await
+    }
+
+    /// `request` as the server's auth layer and listener would pass it on.
+    async fn call(
+        service: &Arc<BuildService>,
+        mut request: Request<Body>,
+        scope: Scope,
+        transport: Option<Transport>,
+    ) -> (StatusCode, serde_json::Value) {
+        request.extensions_mut().insert(Access { scope });
+        if let Some(transport) = transport {
+            request.extensions_mut().insert(transport);
+        }
         let response = router(Arc::clone(service)).oneshot(request).await.unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -1241,6 +1251,83 @@ mod tests {
             message.contains("Dockerfile:2") && message.contains("--allow security.insecure"),
             "{message}"
         );
+    }
+
+    #[tokio::test]
+    async fn only_the_submitter_attaches_ssh_agents_once_and_never_in_the_clear() {
+        let root = tempfile::tempdir().unwrap();
+        let service = service(root.path(), &[]);
+        let body = context_tar(&[("Dockerfile", None, DOCKERFILE), ("a", None, b"x")]);
+        let submission = || {
+            Request::post("/")
+                .header(OPTIONS_HEADER, r#"{"ssh":["default"]}"#)
+                .body(Body::from(body.clone()))
+                .unwrap()
+        };
+        let (status, answer) = call(&service, submission(), Scope::Write, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("SSH agent"));
+        let unix = Some(Transport::Unix);
+        let (status, answer) = call(&service, submission(), Scope::Write, unix).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        let (id, key) = (
+            answer["id"].as_str().unwrap(),
+            answer["ssh_key"].as_str().unwrap(),
+        );
+        assert_eq!(key.len(), 64);
+        let listing = service.builds().values().next().unwrap().status().clone();
+        assert!(!json!(listing).to_string().contains(key));
+
+        let attach = |key: &str, upgrade: &str| {
+            Request::get(format!("/{id}/ssh"))
+                .header(header::UPGRADE, upgrade)
+                .header(ssh::KEY_HEADER, key)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let protocol = ssh::UPGRADE_PROTOCOL;
+        for (request, scope, transport, expected) in [
+            (
+                attach(key, "websocket"),
+                Scope::Write,
+                unix,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                attach("0", protocol),
+                Scope::Write,
+                unix,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                attach(key, protocol),
+                Scope::Read,
+                unix,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                attach(key, protocol),
+                Scope::Write,
+                None,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                attach(key, protocol),
+                Scope::Write,
+                unix,
+                StatusCode::SWITCHING_PROTOCOLS,
+            ),
+            (
+                attach(key, protocol),
+                Scope::Write,
+                unix,
+                StatusCode::CONFLICT,
+            ),
+        ] {
+            let (status, answer) = call(&service, request, scope, transport).await;
+            assert_eq!(status, expected, "{answer}");
+        }
+        service.drain(Duration::from_secs(60)).await;
     }
 
     #[test]

@@ -4,9 +4,32 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
+
+/// The tokens of [`tokens`]' table.
+pub const WRITE_TOKEN: &str = "w-5f2b1c0d9e8a7b6c5d4e3f2a1b0c9d8e";
+pub const READ_TOKEN: &str = "r-5f2b1c0d9e8a7b6c5d4e3f2a1b0c9d8e";
+
+/// A private token file with a write and a read token; the files holding each token alone.
+pub fn tokens(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    (
+        write(
+            "tokens",
+            format!("{WRITE_TOKEN} write\n{READ_TOKEN} read\n"),
+        ),
+        write("write-token", format!("{WRITE_TOKEN}\n")),
+        write("read-token", format!("{READ_TOKEN}\n")),
+    )
+}
 
 /// The `SOURCE_DATE_EPOCH` remote and local builds share, so their images compare equal.
 pub const EPOCH: &str = "1700000000";
@@ -59,6 +82,28 @@ impl TestServer {
             startup,
             stderr: Some(stderr),
         }
+    }
+
+    /// A server under `dir` with TLS (certificates made in `dir/certs`) and the token table of
+    /// [`tokens`]; with its CA and the write token's file. `None` without openssl.
+    pub fn start_tls(dir: &Path) -> Option<(Self, PathBuf, PathBuf)> {
+        super::tool("openssl")?;
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let (cert, key, ca) = super::registry::make_certificates(&certs);
+        let (token_table, write_token, _) = tokens(dir);
+        let server = TestServer::start(
+            &dir.join("server"),
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+                "--token-file",
+                token_table.to_str().unwrap(),
+            ],
+        );
+        Some((server, ca, write_token))
     }
 
     /// `http://ADDR` (or `https://` when `tls`).
@@ -249,4 +294,18 @@ pub fn start_slow_build(
     .stderr(Stdio::piped())
     .spawn()
     .unwrap()
+}
+
+/// The root filesystem tar `archive` unpacked beside it.
+pub fn unpacked(archive: &Path) -> PathBuf {
+    let dir = archive.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    super::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(&dir),
+    );
+    dir
 }
