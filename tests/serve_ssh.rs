@@ -151,12 +151,14 @@ fn a_client_that_goes_away_fails_the_build_and_the_server_goes_on() {
     let Some(agent) = Agent::start(dir.path()) else {
         return;
     };
-    // The step asks the agent only after the client is gone.
+    // The step asks the agent until it stops answering (the client went away), then fails on
+    // one more try; an agent that never answered would let it succeed. No timing involved.
     let context = ssh_context(
         dir.path(),
         &busybox,
         "late",
-        "RUN --mount=type=ssh sleep 3 && ssh-add -l > /keys\n",
+        "RUN --mount=type=ssh ssh-add -l > /dev/null || exit 0; \
+         while ssh-add -l > /dev/null; do sleep 0.2; done; ssh-add -l\n",
     );
     let (server, unix) = server(dir.path());
     let tcp = server.url(false);
@@ -171,7 +173,7 @@ fn a_client_that_goes_away_fails_the_build_and_the_server_goes_on() {
     .spawn()
     .unwrap();
     let id = wait_for_state(&tcp, "running");
-    wait_for_step(&tcp, &id, "sleep 3");
+    wait_for_step(&tcp, &id, "ssh-add");
     doomed.kill().unwrap();
     doomed.wait().unwrap();
     let failed = wait_for_state(&tcp, "failed");
@@ -186,7 +188,13 @@ fn a_client_that_goes_away_fails_the_build_and_the_server_goes_on() {
         "{last}"
     );
 
-    // The server goes on: the same build with the client staying succeeds.
+    // The server goes on: an agent build with the client staying succeeds.
+    let context = ssh_context(
+        dir.path(),
+        &busybox,
+        "next",
+        "RUN --mount=type=ssh ssh-add -l > /keys\n",
+    );
     let built = build(&client, &["--remote", &unix, "--ssh", &ssh], &context);
     assert!(built.status.success(), "{}", stderr(&built));
 }
