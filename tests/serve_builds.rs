@@ -432,3 +432,29 @@ fn a_remote_build_over_tls_trusts_the_servers_ca_and_nothing_else() {
     assert!(trusted.status.success(), "{}", stderr(&trusted));
     assert!(metadata_digest(&metadata).starts_with("sha256:"));
 }
+
+#[test]
+fn a_failed_remote_build_names_the_dockerfile_line_and_no_server_directory() {
+    let Some((dir, busybox)) = setup() else {
+        return;
+    };
+    let context = busybox_context(
+        dir.path(),
+        &busybox,
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n",
+    );
+    let server_root = dir.path().join("server");
+    let server = TestServer::start(&server_root, &[]);
+    let failed = build(
+        &dir.path().join("client"),
+        &["--remote", &server.url(false)],
+        &context,
+    );
+    assert!(!failed.status.success());
+    let message = stderr(&failed);
+    assert!(message.contains("Dockerfile:3"), "{message}");
+    assert!(
+        !message.contains(server_root.to_str().unwrap()),
+        "the server's directories leak into the client's error: {message}"
+    );
+}

@@ -548,10 +548,13 @@ async fn run(service: Arc<BuildService>, job: Job, slot: OwnedSemaphorePermit) {
         Ok(Err(_)) if build.cancel.is_cancelled() => {
             (BuildState::Cancelled, json!({"event": "cancelled"}))
         }
-        Ok(Err(message)) => (
-            BuildState::Failed,
-            json!({"event": "error", "message": message}),
-        ),
+        Ok(Err(message)) => {
+            let hide = hide_server_paths(&build.work.join("context"), service.store.root());
+            (
+                BuildState::Failed,
+                json!({"event": "error", "message": hide(message)}),
+            )
+        }
         Err(panic) => (
             BuildState::Failed,
             json!({"event": "error", "message": format!("error: the build crashed: {panic}")}),
@@ -880,6 +883,14 @@ async fn attach_agents(
         .into_response()
 }
 
+/// What a message for a client says instead of the server's directories: files of the build
+/// context relative to it, the server's state directory as `<server root>`.
+fn hide_server_paths(context: &Path, root: &Path) -> impl Fn(String) -> String + use<> {
+    let context = format!("{}/", context.display());
+    let root = root.display().to_string();
+    move |text: String| text.replace(&context, "").replace(&root, "<server root>")
+}
+
 /// Receives the context and checks the Dockerfile in it: what must hold before a build is
 /// queued.
 async fn accept(
@@ -905,11 +916,7 @@ async fn accept(
         })?;
     }
     let frontend = request.frontend_args(&context);
-    // Messages name files relative to the context, never the server's directories.
-    let hide_context = {
-        let prefix = format!("{}/", context.display());
-        move |text: String| text.replace(&prefix, "")
-    };
+    let hide_context = hide_server_paths(&context, service.store.root());
     let store = service
         .store
         .leased("serve build check")
