@@ -60,36 +60,51 @@ fn build_without_canary(root: &Path, context: &TestContext, what: &str) -> bool 
     built.status.success()
 }
 
+/// Sources leading out of the context are errors, not clamped to its root as BuildKit does:
+/// decoys inside the context sit where clamping (`..` dropped at the root, an absolute symlink
+/// target taken as relative to the root) would land, so a clamped source copies one and the
+/// build succeeds. An absolute source is relative to the context root, so it finds its decoy.
 #[test]
 fn copy_and_add_sources_leading_out_of_the_context_bring_nothing_in() {
     let Some(root) = shared_root() else { return };
-    let context = TestContext::new("", &[("inside", "inside")]);
+    let context = TestContext::new("", &[("inside", "inside"), ("outside/canary", "decoy")]);
     let canary = outside_canary(context.dir.path());
     let outside = canary.parent().unwrap();
     let links = context.path();
+    let mirrored = canary.strip_prefix("/").unwrap().to_str().unwrap();
+    context.write(mirrored, "decoy");
     std::os::unix::fs::symlink(outside, links.join("abs-dir")).unwrap();
     std::os::unix::fs::symlink("../outside", links.join("rel-dir")).unwrap();
     std::os::unix::fs::symlink(&canary, links.join("abs-file")).unwrap();
     std::os::unix::fs::symlink("../outside/canary", links.join("rel-file")).unwrap();
-    for source in [
-        "../outside/canary".to_string(),
-        "../../outside/canary".to_string(),
-        canary.display().to_string(),
-        "abs-dir/canary".into(),
-        "rel-dir/canary".into(),
-        "abs-file".into(),
-        "rel-file".into(),
-        "abs-*/canary".into(),
-        "*-file".into(),
-        "rel-dir".into(),
-        ".".into(),
-    ] {
+    let leading_out = [
+        "../outside/canary",
+        "../../outside/canary",
+        "abs-dir/canary",
+        "rel-dir/canary",
+        "abs-file",
+        "rel-file",
+        "*-file",
+        "rel-dir",
+    ];
+    let absolute = canary.display().to_string();
+    let inside = [absolute.as_str(), "."];
+    for source in leading_out.iter().chain(&["abs-*/canary"]).chain(&inside) {
         for instruction in ["COPY", "ADD"] {
             context.write(
                 "Dockerfile",
                 &format!("FROM {BASE}\n{instruction} {source} /dest/\n"),
             );
-            build_without_canary(root, &context, &format!("{instruction} {source}"));
+            let what = format!("{instruction} {source}");
+            let built = build_without_canary(root, &context, &what);
+            if leading_out.contains(source) {
+                assert!(
+                    !built,
+                    "{what}: a source leading out of the context was copied"
+                );
+            } else if inside.contains(source) {
+                assert!(built, "{what}: a source inside the context failed");
+            }
         }
     }
 }
