@@ -22,7 +22,7 @@ const FILES: &[&str] = &[
 ];
 
 const IGNORE: &str = "*.log\n!keep.log\n**/tmp\n/rootonly.txt\ndocs/*.md\n!docs/README.md\n\
-                      Dockerfile\n.dockerignore\n";
+                      cache\n!cache/keep.txt\nDockerfile\n.dockerignore\n";
 
 fn ignore_context(dockerfile: &str) -> TestContext {
     let context = TestContext::new(dockerfile, &[(".dockerignore", IGNORE)]);
@@ -53,10 +53,15 @@ fn listing(dir: &Path) -> Vec<String> {
 fn patterns_negation_double_star_and_leading_slash_select_what_copy_sees() {
     let Some(root) = shared_root() else { return };
     let context = ignore_context(&format!("FROM {BASE}\nCOPY . /ctx/\n"));
+    // An excluded directory holding an exception: the walk must enter it.
+    context.write("cache/drop", "drop");
+    context.write("cache/keep.txt", "keep");
     let rootfs = context.rootfs(root, &[]);
     assert_eq!(
         listing(&rootfs.join("ctx")),
         [
+            "cache",
+            "cache/keep.txt",
             "docs",
             "docs/README.md",
             "docs/deep",
