@@ -112,6 +112,11 @@ pub fn apply_file_actions(
     for action in actions {
         match action {
             FileAction::Mkdir { path, mode, owner } => {
+                // As BuildKit's MkdirAll: an existing directory keeps its mode, owner and
+                // mtime (`WORKDIR /tmp` must not make /tmp 0755), and the layer stays empty.
+                if matches!(base.lookup(path, true)?, Some(entry) if entry.is_dir()) {
+                    continue;
+                }
                 let ids = owner
                     .as_ref()
                     .map(|owner| resolve_owner(base, owner))

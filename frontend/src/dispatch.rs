@@ -278,9 +278,13 @@ impl BuildPlan {
                 }
                 Instruction::Workdir(workdir) => {
                     config.working_dir = resolve_workdir(&config.working_dir, &workdir.path);
+                    // As BuildKit: the root always exists, so `WORKDIR /` makes no layer.
+                    let makes_layer = config.working_dir != "/";
                     out.history
-                        .push((format!("WORKDIR {}", config.working_dir), true));
-                    out.steps.push(step(instruction.clone(), &state, options));
+                        .push((format!("WORKDIR {}", config.working_dir), makes_layer));
+                    if makes_layer {
+                        out.steps.push(step(instruction.clone(), &state, options));
+                    }
                 }
                 Instruction::Run(run) => {
                     let step = step(instruction.clone(), &state, options);
